@@ -1,0 +1,19 @@
+"""captum_rap: propagation-based attribution methods for Captum.
+
+RAP, LRP rules and presets, CLRP/SGLRP and CD/ACD, all as Captum ``Attribution``
+objects that run on unchanged PyTorch models.
+"""
+
+from ._core.lrp import LRP, LayerLRP
+from ._engine import UnsupportedOperationError
+from .composites import Composite, get_composite
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "LRP",
+    "LayerLRP",
+    "Composite",
+    "get_composite",
+    "UnsupportedOperationError",
+]

@@ -1,0 +1,168 @@
+"""Layer-wise Relevance Propagation on unchanged models."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .._compat import TargetType, log_usage
+from .._engine import LayerInfo
+from ..composites import Composite, get_composite
+from ._propagation import PropagationAttribution, SeedType
+
+
+class LRP(PropagationAttribution):
+    r"""Layer-wise Relevance Propagation (Bach et al. 2015) with configurable rules.
+
+    Unlike ``captum.attr.LRP``, this implementation runs on unchanged models: residual
+    additions, concatenations, reshapes, padding and average pooling are handled by the
+    engine (relevance split in proportion to the contributions), functional activations
+    inside ``forward`` are seen, reused modules are fine, batch norm layers are passed
+    through, and rules attached with ``module.rule = ...`` survive repeated calls.
+    Operations that cannot be propagated faithfully raise
+    :class:`~captum_rap.UnsupportedOperationError` naming the operation and module.
+
+    The relevance starts at the target output (``R = logit`` of the target class) unless
+    ``output_relevance`` gives another starting relevance.
+
+    Args:
+        model (nn.Module): the model, unchanged.  Put it in ``eval()`` mode first.
+        composite (str or Composite): rule preset: ``"epsilon"`` (default),
+            ``"epsilon_plus"``, ``"epsilon_plus_flat"``, ``"epsilon_gamma_box"``,
+            ``"epsilon_alpha2_beta1"``, ``"epsilon_alpha2_beta1_flat"``, ``"zplus"``,
+            ``"zplus_box"``, or a :class:`~captum_rap.composites.Composite`.
+        **composite_kwargs: overrides for a preset, e.g. ``epsilon=1e-9``, ``gamma=0.5``,
+            ``low=-2.12, high=2.64`` (ZBox bounds, scalars or per-channel tensors).
+
+    Examples::
+
+        >>> import torchvision
+        >>> from captum_rap import LRP
+        >>> model = torchvision.models.resnet18().eval()
+        >>> lrp = LRP(model, composite="epsilon_gamma_box", low=-2.12, high=2.64)
+        >>> x = torch.randn(2, 3, 64, 64)
+        >>> attr, delta = lrp.attribute(x, target=[3, 7], return_convergence_delta=True)
+    """
+
+    method_name = "LRP"
+
+    def __init__(self, model: nn.Module, composite: Union[str, Composite, None] = "epsilon",
+                 **composite_kwargs: Any) -> None:
+        super().__init__(model)
+        self.composite = get_composite(composite, **composite_kwargs)
+
+    def _rule_for(self, info: LayerInfo) -> Any:
+        return self.composite.rule_for(info)
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor, ...]],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_convergence_delta: bool = False,
+        output_relevance: SeedType = None,
+    ):
+        r"""Relevance of every input feature for the target output.
+
+        Args:
+            inputs (Tensor or tuple of Tensor): model input(s), batch first.
+            target (int, tuple, Tensor or list, optional): output index per Captum's
+                conventions.  ``None``: the single output per example, or the predicted
+                class for (N, C) outputs.
+            additional_forward_args (Any, optional): extra arguments passed to the model
+                after the inputs (they carry no relevance).
+            return_convergence_delta (bool, optional): also return, per example, the sum of
+                input relevance minus the starting relevance (the target logit).
+            output_relevance (Tensor or callable, optional): starting relevance at the
+                output instead of ``logit * one_hot(target)``: a tensor of the output shape
+                or a function ``outputs -> tensor``.  ``target`` is then ignored.
+
+        Returns:
+            *Tensor* or *tuple of Tensor* of the inputs' shapes (and the delta if asked).
+
+        Examples::
+
+            >>> attr = LRP(model, "epsilon_plus").attribute(x, target=281)
+        """
+        with torch.enable_grad():
+            rel, outputs, seed, is_tuple = self._propagate(inputs, target, additional_forward_args,
+                                                           output_relevance)
+        return self._format(rel, outputs, seed, is_tuple, return_convergence_delta)
+
+
+class LayerLRP(LRP):
+    r"""LRP relevance at the output (or input) of a hidden ``layer``.
+
+    Args:
+        model (nn.Module): the model.
+        layer (nn.Module): a submodule of ``model``; if it is called several times, the
+            relevances of all calls are summed.
+        composite, **composite_kwargs: as for :class:`LRP`.
+
+    Examples::
+
+        >>> LayerLRP(model, model.layer3).attribute(x, target=5)
+    """
+
+    method_name = "LayerLRP"
+
+    def __init__(self, model: nn.Module, layer: nn.Module, composite: Union[str, Composite, None] = "epsilon",
+                 **composite_kwargs: Any) -> None:
+        super().__init__(model, composite, **composite_kwargs)
+        self.layer = layer
+
+    @log_usage()
+    def attribute(  # type: ignore[override]
+        self,
+        inputs: Union[Tensor, Tuple[Tensor, ...]],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_convergence_delta: bool = False,
+        attribute_to_layer_input: bool = False,
+        output_relevance: SeedType = None,
+    ):
+        r"""Relevance at the layer.
+
+        Args:
+            inputs, target, additional_forward_args, output_relevance: as for
+                :meth:`LRP.attribute`.
+            return_convergence_delta (bool): also return the layer relevance sum minus the
+                starting relevance, per example.
+            attribute_to_layer_input (bool): relevance at the layer's input instead of its
+                output.
+
+        Returns:
+            *Tensor* of the layer output (or input) shape.
+        """
+        return layer_attribute(self, self.layer, inputs, target, additional_forward_args,
+                               return_convergence_delta, attribute_to_layer_input, output_relevance)
+
+
+def layer_attribute(method: PropagationAttribution, layer: nn.Module, inputs, target,
+                    additional_forward_args, return_convergence_delta, attribute_to_layer_input,
+                    output_relevance, rule_for=None):
+    """Run ``method``'s propagation and collect the relevance at ``layer``."""
+    collected: List[Tensor] = []
+
+    def callback(r: Tensor) -> None:
+        collected.append(r.detach())
+
+    with torch.enable_grad():
+        _, outputs, seed, _ = method._propagate(
+            inputs, target, additional_forward_args, output_relevance,
+            layer_hooks=[(layer, callback, attribute_to_layer_input)], rule_for=rule_for)
+    if not collected:
+        raise ValueError(f"{method.method_name}: the layer {type(layer).__name__} was not called in the "
+                         "forward pass or its activation carries no relevance")
+    shapes = {tuple(c.shape) for c in collected}
+    if len(shapes) != 1:
+        raise ValueError(f"{method.method_name}: the layer was called {len(collected)} times with "
+                         f"different shapes {sorted(shapes)}")
+    rel = torch.stack(collected).sum(0)
+    if return_convergence_delta:
+        n = seed.shape[0]
+        return rel, rel.reshape(n, -1).sum(1) - seed.reshape(n, -1).sum(1)
+    return rel

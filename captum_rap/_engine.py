@@ -1,0 +1,775 @@
+"""The propagation engine shared by LRP, RAP, CLRP and SGLRP.
+
+Relevance travels through autograd as a *modified gradient*: at every activation tensor
+``a`` the backward pass carries the relevance density ``R / a``.  Parametrized layers
+(convolutions, linear layers, batch norm) and saturating activations are replaced during
+the forward pass by an autograd ``Function`` whose backward applies a propagation rule:
+it forms ``R_out = grad_out * a_out``, computes ``R_in`` with the rule and hands back
+``R_in / a_in``.  Every parameter-free linear operation in between (residual ``+``,
+``torch.cat``, reshapes, padding, average pooling, slicing) is left to autograd, which
+splits relevance in proportion to the contributions (the z-rule).  ReLU and max pooling
+need no rule either: their plain gradient is exactly relevance pass-through and
+winner-take-all.
+
+The forward pass runs under a :class:`torch.overrides.TorchFunctionMode`, so functional
+operations inside ``forward`` (``F.relu``, ``x + y``, ``torch.flatten``) are seen as well as
+modules, reused modules get one record per call, and any operation on the relevance path
+that the engine cannot propagate faithfully raises :class:`UnsupportedOperationError`
+naming the operation and the module it was called from.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+__all__ = [
+    "UnsupportedOperationError",
+    "AffineOp",
+    "LayerInfo",
+    "Propagator",
+    "safe_divide",
+    "stabilize",
+]
+
+_call_counter = itertools.count(1)
+
+
+class UnsupportedOperationError(RuntimeError):
+    """Raised when the relevance path goes through an operation that the engine cannot
+    propagate faithfully.  The message names the operation and the module path."""
+
+
+def stabilize(z: Tensor, epsilon: float) -> Tensor:
+    """Sign-preserving stabilizer: ``z + epsilon * sign(z)``, with ``sign(0) = +1``."""
+    if epsilon == 0:
+        return z
+    return z + ((z >= 0).to(z.dtype) * 2 - 1) * epsilon
+
+
+def safe_divide(a: Tensor, b: Tensor) -> Tensor:
+    """``a / b`` where ``b != 0`` and exactly ``0`` where ``b == 0``."""
+    nz = b != 0
+    return torch.where(nz, a / torch.where(nz, b, torch.ones_like(b)), torch.zeros_like(a))
+
+
+# ----------------------------------------------------------------------------------------
+# Affine operations seen by rules
+# ----------------------------------------------------------------------------------------
+
+
+class AffineOp:
+    """One call of an affine layer (convolution, linear, eval batch norm).
+
+    Rules see the layer through this object and never through the module, so the same
+    rule works for every convolution dimensionality, for ``nn.Linear`` and for a batch
+    norm treated as a per-channel affine map.
+
+    Attributes:
+        kind (str): ``"conv1d"``, ``"conv2d"``, ``"conv3d"``, ``"linear"`` or ``"batchnorm"``.
+        weight (Tensor): weight of the layer (for batch norm: the effective per-channel
+            scale ``gamma / sqrt(var + eps)``).
+        bias (Tensor or None): bias (for batch norm: ``beta - mean * scale``).
+    """
+
+    def __init__(self, kind: str, weight: Tensor, bias: Optional[Tensor], **conv_kwargs: Any):
+        self.kind = kind
+        self.weight = weight.detach()
+        self.bias = None if bias is None else bias.detach()
+        self.conv_kwargs = conv_kwargs
+        self.pre_pad: Optional[Tuple[int, ...]] = None
+        if kind.startswith("conv"):
+            self._normalize_padding()
+
+    # -- convolution padding given as a string ('same' / 'valid')
+    def _normalize_padding(self) -> None:
+        padding = self.conv_kwargs.get("padding", 0)
+        nd = int(self.kind[4])
+        if isinstance(padding, str):
+            if padding == "valid":
+                self.conv_kwargs["padding"] = 0
+                return
+            if padding != "same":
+                raise UnsupportedOperationError(f"unknown convolution padding {padding!r}")
+            dilation = _ntuple(self.conv_kwargs.get("dilation", 1), nd)
+            ksize = self.weight.shape[2:]
+            pads: List[int] = []
+            sym: List[int] = []
+            for d, k in zip(dilation, ksize):
+                total = d * (k - 1)
+                left = total // 2
+                pads.append((left, total - left))
+                sym.append(left if left == total - left else -1)
+            if all(s >= 0 for s in sym):
+                self.conv_kwargs["padding"] = tuple(sym)
+            else:
+                flat: List[int] = []
+                for left, right in reversed(pads):
+                    flat.extend([left, right])
+                self.pre_pad = tuple(flat)
+                self.conv_kwargs["padding"] = 0
+
+    @property
+    def is_conv(self) -> bool:
+        return self.kind.startswith("conv")
+
+    def forward(self, x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None) -> Tensor:
+        """Apply the operation to ``x`` with (possibly modified) ``weight`` and ``bias``."""
+        w = self.weight if weight is None else weight
+        if self.kind == "linear":
+            return F.linear(x, w, bias)
+        if self.kind == "batchnorm":
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            out = x * w.view(shape)
+            if bias is not None:
+                out = out + bias.view(shape)
+            return out
+        if self.pre_pad is not None:
+            x = F.pad(x, self.pre_pad)
+        conv = {"conv1d": F.conv1d, "conv2d": F.conv2d, "conv3d": F.conv3d}[self.kind]
+        return conv(x, w, bias, **self.conv_kwargs)
+
+    def backward(self, grad_out: Tensor, weight: Optional[Tensor], input_shape: torch.Size) -> Tensor:
+        """Vector-Jacobian product: the transpose of :meth:`forward` (bias-free) applied to
+        ``grad_out``, with the given weight.  Returns a tensor of ``input_shape``."""
+        w = self.weight if weight is None else weight
+        if self.kind == "linear":
+            return grad_out.matmul(w)
+        if self.kind == "batchnorm":
+            shape = (1, -1) + (1,) * (grad_out.dim() - 2)
+            return grad_out * w.view(shape)
+        nd = int(self.kind[4])
+        shape = list(input_shape)
+        if self.pre_pad is not None:
+            for i in range(nd):
+                shape[2 + i] += self.pre_pad[2 * (nd - 1 - i)] + self.pre_pad[2 * (nd - 1 - i) + 1]
+        dummy = grad_out.new_empty(1).expand(shape)
+        grad = torch.ops.aten.convolution_backward(
+            grad_out,
+            dummy,
+            w,
+            None,
+            _ntuple(self.conv_kwargs.get("stride", 1), nd),
+            _ntuple(self.conv_kwargs.get("padding", 0), nd),
+            _ntuple(self.conv_kwargs.get("dilation", 1), nd),
+            False,
+            [0] * nd,
+            self.conv_kwargs.get("groups", 1),
+            (True, False, False),
+        )[0]
+        if self.pre_pad is not None:
+            slices = [slice(None), slice(None)]
+            for i in range(nd):
+                left = self.pre_pad[2 * (nd - 1 - i)]
+                slices.append(slice(left, left + input_shape[2 + i]))
+            grad = grad[tuple(slices)]
+        return grad
+
+
+def _ntuple(v: Any, n: int) -> Tuple[int, ...]:
+    if isinstance(v, (tuple, list)):
+        if len(v) == 1:
+            return tuple(v) * n
+        return tuple(v)
+    return (v,) * n
+
+
+# ----------------------------------------------------------------------------------------
+# Per-call records
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class LayerInfo:
+    """What a composite sees when choosing a rule for one layer call.
+
+    Attributes:
+        module (nn.Module or None): the module that owns the parameters.
+        name (str): its qualified name in the model (``""`` for the model itself).
+        kind (str): ``"conv1d" | "conv2d" | "conv3d" | "linear" | "batchnorm"``.
+        is_input_layer (bool): the layer reads the model input directly (or through
+            parameter-free selection ops such as padding, slicing or reshapes only); its
+            input relevance is returned exactly, also where the input is 0.
+        is_first_layer (bool): no other affine layer lies between the model input and this
+            layer (true for input layers, and also after parameter-free ops such as an
+            in-model scaling or a ReLU).
+        index (int): position of this call among the affine layer calls of the forward pass.
+    """
+
+    module: Optional[nn.Module]
+    name: str
+    kind: str
+    is_input_layer: bool
+    is_first_layer: bool
+    index: int
+
+
+@dataclass
+class _Node:
+    info: LayerInfo
+    op: AffineOp
+    rule: Any
+    state: "_CallState"
+    input_ref: Optional[Tensor] = None  # the layer's input tensor (kept for input layers)
+    out: Optional[Tensor] = None
+    is_output_layer: bool = False
+    seed: Optional[Tensor] = None
+
+
+@dataclass
+class _CallState:
+    token: int
+    input_relevance: List[Tuple[Tensor, Tensor]] = field(default_factory=list)
+    nodes: List[_Node] = field(default_factory=list)
+    module_stack: List[str] = field(default_factory=list)
+    relevance_hooks: Dict[int, Callable[[_Node, Tensor], Tensor]] = field(default_factory=dict)
+    bypass: bool = False
+
+
+_TAG = "_captum_rap_tag"
+_KIND_INPUT = 1  # the model input or a selection (pad, view, cat, slice) of it
+_KIND_ACT = 2  # any tensor downstream of an affine layer
+_KIND_PRE = 3  # derived from the input by parameter-free ops, before any affine layer
+
+
+def _tag_of(t: Any, token: int) -> int:
+    if not isinstance(t, Tensor):
+        return 0
+    tag = getattr(t, _TAG, None)
+    if tag is None or tag[0] != token:
+        return 0
+    return tag[1]
+
+
+def _set_tag(t: Tensor, token: int, kind: int, producer: Optional[_Node] = None) -> None:
+    try:
+        setattr(t, _TAG, (token, kind, producer))
+    except (AttributeError, RuntimeError):  # pragma: no cover - exotic tensor types
+        pass
+
+
+def _producer(t: Tensor, token: int) -> Optional[_Node]:
+    tag = getattr(t, _TAG, None)
+    if tag is None or tag[0] != token:
+        return None
+    return tag[2]
+
+
+# ----------------------------------------------------------------------------------------
+# Autograd functions
+# ----------------------------------------------------------------------------------------
+
+
+class _RuleFunction(torch.autograd.Function):
+    """Forward: the affine op unchanged.  Backward: the node's propagation rule."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, node: _Node) -> Tensor:  # type: ignore[override]
+        out = node.op.forward(x, node.op.weight, node.op.bias)
+        ctx.node = node
+        ctx.save_for_backward(x)
+        node.out = out.detach().clone()
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        node: _Node = ctx.node
+        if node.seed is not None:
+            r_out = node.seed
+        else:
+            r_out = grad_out * node.out
+        hook = node.state.relevance_hooks.get(id(node))
+        if hook is not None:
+            r_out = hook(node, r_out)
+        factor, extra = node.rule.propagate(node.op, x, node.out, r_out, node.info)
+        if node.info.is_input_layer:
+            relevance = _combine(x, factor, extra)
+            node.state.input_relevance.append((node.input_ref, relevance))
+            return torch.zeros_like(x), None
+        grad = factor if factor is not None else torch.zeros_like(x)
+        if extra is not None:
+            grad = grad + safe_divide(extra, x)
+        return grad, None
+
+
+def _combine(x: Tensor, factor: Optional[Tensor], extra: Optional[Tensor]) -> Tensor:
+    rel = x * factor if factor is not None else torch.zeros_like(x)
+    if extra is not None:
+        rel = rel + extra
+    return rel
+
+
+class _PassThroughActivation(torch.autograd.Function):
+    """Elementwise activation ``f`` with ``f(0) = 0`` whose relevance passes unchanged:
+    backward returns ``grad * f(a) / a`` (so ``R_in = R_out``), also where the plain
+    gradient is 0 (saturated ReLU6 / Hardtanh)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:  # type: ignore[override]
+        out = fn(x)
+        ctx.save_for_backward(x, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, out = ctx.saved_tensors
+        return safe_divide(grad * out, x), None
+
+
+# ----------------------------------------------------------------------------------------
+# The function mode
+# ----------------------------------------------------------------------------------------
+
+
+def _fname(func: Any) -> str:
+    return getattr(func, "__name__", str(func))
+
+
+# parameter-free operations that autograd can propagate as the z-rule (linear maps)
+_LINEAR_OPS = {
+    "add", "__add__", "__radd__", "__iadd__", "add_", "sub", "__sub__", "__rsub__",
+    "__isub__", "sub_", "neg", "__neg__", "negative", "cat", "concat", "concatenate",
+    "stack", "hstack", "vstack", "dstack", "reshape", "view", "view_as", "reshape_as",
+    "flatten", "unflatten", "squeeze", "unsqueeze", "permute", "transpose", "t", "swapaxes",
+    "swapdims", "movedim", "moveaxis", "contiguous", "clone", "__getitem__", "narrow", "select",
+    "index_select", "chunk", "split", "tensor_split", "unbind", "expand", "expand_as", "repeat",
+    "tile", "flip", "roll", "pad", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "mean", "sum",
+    "dropout", "dropout1d", "dropout2d", "dropout3d", "feature_dropout", "alpha_dropout",
+    "feature_alpha_dropout", "interpolate", "upsample", "upsample_nearest", "upsample_bilinear",
+    "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle",
+    "to", "type", "float", "double", "half", "bfloat16", "cpu", "cuda", "type_as",
+    "__mul__", "__rmul__", "mul", "__imul__", "mul_", "__truediv__", "div", "__itruediv__",
+    "div_", "__div__", "zero_pad2d", "constant_pad_nd", "gather", "take_along_dim",
+    "max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices",
+    "max_pool2d_with_indices", "max_pool3d_with_indices", "_max_pool1d", "_max_pool2d",
+    "_max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
+    "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices",
+    "adaptive_max_pool3d_with_indices", "_adaptive_max_pool1d", "_adaptive_max_pool2d",
+    "_adaptive_max_pool3d", "relu", "relu_", "leaky_relu", "leaky_relu_", "identity",
+}
+# of those, the ones that copy elements without mixing them (keep the "input" kind)
+_SELECTION_OPS = {
+    "cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack", "reshape", "view",
+    "view_as", "reshape_as", "flatten", "unflatten", "squeeze", "unsqueeze", "permute",
+    "transpose", "t", "swapaxes", "swapdims", "movedim", "moveaxis", "contiguous", "clone",
+    "__getitem__", "narrow", "select", "index_select", "chunk", "split", "tensor_split",
+    "unbind", "flip", "roll", "pad", "zero_pad2d", "constant_pad_nd", "to", "type", "float",
+    "double", "half", "cpu", "cuda", "type_as", "identity",
+}
+# ops whose second tensor operand must be a constant for the op to be linear
+_BILINEAR_OPS = {"__mul__", "__rmul__", "mul", "__imul__", "mul_", "__truediv__", "div",
+                 "__itruediv__", "div_", "__div__"}
+_DIVISION_OPS = {"__truediv__", "div", "__itruediv__", "div_", "__div__"}
+_INPLACE_ACT = {"relu_", "leaky_relu_", "hardtanh_", "relu6_", "clamp_", "clamp_min_",
+                "clamp_max_", "clip_"}
+
+
+def _iter_tensors(obj: Any):
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _iter_tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _iter_tensors(o)
+
+
+def _get_arg(args: Sequence[Any], kwargs: Dict[str, Any], index: int, name: str, default: Any) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    if len(args) > index:
+        return args[index]
+    return default
+
+
+class _PropagationMode(TorchFunctionMode):
+    def __init__(self, propagator: "Propagator", state: _CallState):
+        super().__init__()
+        self.p = propagator
+        self.state = state
+        self.token = state.token
+        self.layer_index = 0
+
+    # -- helpers -----------------------------------------------------------------------
+    def _where(self) -> str:
+        path = self.state.module_stack[-1] if self.state.module_stack else ""
+        return f"module '{path}'" if path else "the model's own forward"
+
+    def _unsupported(self, what: str, advice: str) -> UnsupportedOperationError:
+        return UnsupportedOperationError(f"{self.p.method_name} cannot propagate relevance through {what} "
+                                         f"(called in {self._where()}). {advice}")
+
+    def _tag_outputs(self, out: Any, kind: int, producer: Optional[_Node] = None) -> None:
+        for t in _iter_tensors(out):
+            if t.is_floating_point() or t.is_complex():
+                _set_tag(t, self.token, kind, producer)
+
+    def _derived_kind(self, kinds: List[int], selection: bool) -> int:
+        tainted = [k for k in kinds if k]
+        if selection and all(k == _KIND_INPUT for k in tainted):
+            return _KIND_INPUT
+        if all(k in (_KIND_INPUT, _KIND_PRE) for k in tainted):
+            return _KIND_PRE
+        return _KIND_ACT
+
+    # -- dispatch ----------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.state.bypass:
+            return func(*args, **kwargs)
+        tensors = list(_iter_tensors(args)) + list(_iter_tensors(kwargs))
+        kinds = [_tag_of(t, self.token) for t in tensors]
+        if not any(kinds):
+            return func(*args, **kwargs)
+        name = _fname(func)
+
+        # affine layers with parameters
+        if name in ("conv1d", "conv2d", "conv3d", "linear", "batch_norm"):
+            return self._affine(func, name, args, kwargs)
+
+        if name in ("hardtanh", "hardtanh_", "relu6", "relu6_", "clamp", "clamp_", "clip",
+                    "clip_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_"):
+            return self._saturating(func, name, args, kwargs)
+
+        if name in ("relu", "relu_", "leaky_relu", "leaky_relu_") or (
+                name == "threshold" and _get_arg(args, kwargs, 1, "threshold", None) == 0
+                and _get_arg(args, kwargs, 2, "value", None) == 0):
+            out = func(*args, **kwargs)
+            self._tag_outputs(out, self._derived_kind(kinds, False))
+            return out
+
+        if name in _LINEAR_OPS:
+            if name in _BILINEAR_OPS:
+                tainted = sum(1 for k in kinds if k)
+                if tainted > 1:
+                    raise self._unsupported(
+                        f"'{name}' of two tensors that both depend on the input (a gating or "
+                        "attention-like product)",
+                        "Products of activations have no LRP rule here; attribute a model without "
+                        "the gate or treat the gate as a constant in your forward (detach it).")
+                if name in _DIVISION_OPS and len(args) > 1 and _tag_of(args[1], self.token):
+                    raise self._unsupported(f"'{name}' with a divisor that depends on the input",
+                                            "Division by an activation is not linear.")
+            if name == "pad":
+                mode = _get_arg(args, kwargs, 2, "mode", "constant")
+                value = _get_arg(args, kwargs, 3, "value", None)
+                if mode != "constant" or (value not in (None, 0, 0.0)):
+                    raise self._unsupported(f"'pad' with mode={mode!r}, value={value!r}",
+                                            "Only zero padding is supported on the relevance path.")
+            if name in ("interpolate", "upsample", "upsample_bilinear") and \
+                    _get_arg(args, kwargs, 4, "mode", "nearest") not in (
+                        "nearest", "linear", "bilinear", "trilinear", "area", "nearest-exact"):
+                raise self._unsupported(f"'{name}' with a non-linear mode", "Use a linear mode.")
+            out = func(*args, **kwargs)
+            self._tag_outputs(out, self._derived_kind(kinds, name in _SELECTION_OPS))
+            return out
+
+        out = func(*args, **kwargs)
+        if not any(isinstance(t, Tensor) and (t.is_floating_point() or t.is_complex())
+                   for t in _iter_tensors(out)):
+            return out  # sizes, shapes, booleans, indices: not on the relevance path
+        if name in ("detach", "detach_", "requires_grad_"):
+            raise self._unsupported(f"'{name}'", "A detached activation cuts the relevance path; "
+                                    "remove the detach from the forward pass.")
+        raise self._unsupported(
+            f"the operation '{name}'",
+            "It is neither an affine layer (Conv/Linear/BatchNorm), a ReLU-family activation, "
+            "max pooling, nor a parameter-free linear operation. Supported non-linearities are "
+            "ReLU, LeakyReLU, ReLU6 and Hardtanh; sigmoid/tanh/GELU/softmax and similar have no "
+            "rule. Attribute the logits (remove a final softmax) or replace the operation.")
+
+    # -- affine layers -----------------------------------------------------------------
+    def _affine(self, func, name, args, kwargs):
+        x = args[0] if args else kwargs["input"]
+        if not _tag_of(x, self.token):
+            raise self._unsupported(f"'{name}' whose weight depends on the input",
+                                    "Only the layer input may carry relevance.")
+        if name == "linear":
+            weight = _get_arg(args, kwargs, 1, "weight", None)
+            bias = _get_arg(args, kwargs, 2, "bias", None)
+            op = AffineOp("linear", weight, bias)
+        elif name == "batch_norm":
+            running_mean = _get_arg(args, kwargs, 1, "running_mean", None)
+            running_var = _get_arg(args, kwargs, 2, "running_var", None)
+            weight = _get_arg(args, kwargs, 3, "weight", None)
+            bias = _get_arg(args, kwargs, 4, "bias", None)
+            training = _get_arg(args, kwargs, 5, "training", False)
+            eps = _get_arg(args, kwargs, 7, "eps", 1e-5)
+            if training or running_mean is None or running_var is None:
+                raise self._unsupported(
+                    "a batch norm that uses batch statistics (training mode or no running stats)",
+                    "Call model.eval() before attributing: relevance rules are defined for the "
+                    "inference-time affine map of batch norm.")
+            scale = torch.rsqrt(running_var.detach() + eps)
+            if weight is not None:
+                scale = scale * weight.detach()
+            shift = -running_mean.detach() * scale
+            if bias is not None:
+                shift = shift + bias.detach()
+            op = AffineOp("batchnorm", scale, shift)
+            weight = weight if weight is not None else running_var
+        else:
+            weight = _get_arg(args, kwargs, 1, "weight", None)
+            bias = _get_arg(args, kwargs, 2, "bias", None)
+            conv_kwargs = {
+                "stride": _get_arg(args, kwargs, 3, "stride", 1),
+                "padding": _get_arg(args, kwargs, 4, "padding", 0),
+                "dilation": _get_arg(args, kwargs, 5, "dilation", 1),
+                "groups": _get_arg(args, kwargs, 6, "groups", 1),
+            }
+            op = AffineOp(name, weight, bias, **conv_kwargs)
+        if isinstance(weight, Tensor) and _tag_of(weight, self.token):
+            raise self._unsupported(f"'{name}' whose weight depends on the input",
+                                    "Only the layer input may carry relevance.")
+        owner = self.p.param_owner.get(id(weight))
+        if owner is None:
+            raise self._unsupported(
+                f"'{name}' with a weight that is not a parameter or buffer of the model",
+                "Wrap the computation in a module that owns its weight.")
+        mod_name, module = owner
+        xkind = _tag_of(x, self.token)
+        is_input = xkind == _KIND_INPUT
+        info = LayerInfo(module=module, name=mod_name, kind=op.kind, is_input_layer=is_input,
+                         is_first_layer=xkind in (_KIND_INPUT, _KIND_PRE), index=self.layer_index)
+        self.layer_index += 1
+        rule = self.p.rule_for(info)
+        if rule is None:
+            raise self._unsupported(f"'{name}'", "The composite returned no rule for this layer.")
+        check = getattr(rule, "check_layer", None)
+        if check is not None:
+            problem = check(info)
+            if problem:
+                raise UnsupportedOperationError(f"Rule {rule!r} on module '{mod_name}': {problem}")
+        node = _Node(info=info, op=op, rule=rule, state=self.state)
+        if is_input:
+            node.input_ref = x
+        self.state.nodes.append(node)
+        out = _RuleFunction.apply(x, node)
+        _set_tag(out, self.token, _KIND_ACT, node)
+        return out
+
+    # -- saturating activations (ReLU6, Hardtanh, clamp) --------------------------------
+    def _saturating(self, func, name, args, kwargs):
+        x = args[0] if args else kwargs["input"]
+        if name.startswith("hardtanh"):
+            lo = _get_arg(args, kwargs, 1, "min_val", -1.0)
+            hi = _get_arg(args, kwargs, 2, "max_val", 1.0)
+        elif name.startswith("relu6"):
+            lo, hi = 0.0, 6.0
+        elif name.startswith("clamp_min"):
+            lo, hi = _get_arg(args, kwargs, 1, "min", None), None
+        elif name.startswith("clamp_max"):
+            lo, hi = None, _get_arg(args, kwargs, 1, "max", None)
+        else:
+            lo = _get_arg(args, kwargs, 1, "min", None)
+            hi = _get_arg(args, kwargs, 2, "max", None)
+        if isinstance(lo, Tensor) or isinstance(hi, Tensor):
+            raise self._unsupported(f"'{name}' with tensor bounds", "Use scalar bounds.")
+        if (lo is not None and lo > 0) or (hi is not None and hi < 0):
+            raise self._unsupported(
+                f"'{name}' with bounds [{lo}, {hi}] that exclude 0",
+                "Relevance pass-through needs f(0) = 0.")
+        out = _PassThroughActivation.apply(x, lambda t: torch.clamp(t, lo, hi))
+        _set_tag(out, self.token, self._derived_kind([_tag_of(x, self.token)], False))
+        return out
+
+
+# ----------------------------------------------------------------------------------------
+# Modules that are opaque to the function mode
+# ----------------------------------------------------------------------------------------
+
+_OPAQUE_MODULES: Tuple[type, ...] = (
+    nn.RNNBase, nn.MultiheadAttention, nn.Embedding, nn.EmbeddingBag,
+)
+
+
+class Propagator:
+    """Runs one relevance propagation: forward under the function mode, backward with
+    a seed at the output.
+
+    Args:
+        model (nn.Module): the unchanged user model.
+        rule_for (callable): ``LayerInfo -> rule``; rules implement
+            ``propagate(op, x, out, R_out, info) -> (factor, extra)`` with
+            ``R_in = x * factor + extra`` (either may be ``None``).
+        method_name (str): used in error messages.
+    """
+
+    def __init__(self, model: nn.Module, rule_for: Callable[[LayerInfo], Any], method_name: str = "LRP"):
+        self.model = model
+        self.rule_for = rule_for
+        self.method_name = method_name
+        self.param_owner: Dict[int, Tuple[str, nn.Module]] = {}
+
+    def _index_parameters(self) -> None:
+        owner: Dict[int, Tuple[str, nn.Module]] = {}
+        for name, module in self.model.named_modules(remove_duplicate=False):
+            for t in itertools.chain(module.parameters(recurse=False), module.buffers(recurse=False)):
+                owner.setdefault(id(t), (name, module))
+        self.param_owner = owner
+
+    def run(
+        self,
+        inputs: Tuple[Tensor, ...],
+        additional_forward_args: Tuple[Any, ...],
+        seed_fn: Callable[[Tensor], Tensor],
+        layer_hooks: Optional[List[Tuple[nn.Module, Callable[[Tensor], None], bool]]] = None,
+    ) -> Tuple[Tuple[Tensor, ...], Tensor, Tensor]:
+        """Propagate.
+
+        Args:
+            inputs: the model inputs (floating tensors carry relevance).
+            additional_forward_args: passed after the inputs.
+            seed_fn: ``outputs -> R_out`` the relevance at the output (same shape).
+            layer_hooks: ``(module, callback, at_input)``: the callback receives the
+                relevance at the module's output (or input) during the backward pass.
+
+        Returns:
+            ``(relevances, outputs, seed)``
+        """
+        self._index_parameters()
+        state = _CallState(token=next(_call_counter))
+        handles = []
+        model = self.model
+        snapshot = _BufferSnapshot(model)
+
+        def pre_hook(mod, args, _name_map={}):
+            name = names.get(id(mod), "")
+            state.module_stack.append(name)
+            if isinstance(mod, _OPAQUE_MODULES):
+                if any(_tag_of(t, state.token) for t in _iter_tensors(args)):
+                    state.module_stack.pop()
+                    raise UnsupportedOperationError(
+                        f"{self.method_name} cannot propagate relevance through module '{name}' "
+                        f"({type(mod).__name__}): recurrent, attention and embedding modules have no "
+                        "rule in the propagation engine. Use captum_rap.CD for LSTMs.")
+
+        def post_hook(mod, args, out):
+            if state.module_stack:
+                state.module_stack.pop()
+
+        names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+        capture_handles = []
+        try:
+            for _, mod in model.named_modules():
+                handles.append(mod.register_forward_pre_hook(pre_hook))
+                handles.append(mod.register_forward_hook(post_hook, always_call=True))
+            for module, callback, at_input in layer_hooks or []:
+                capture_handles.append(_register_capture(module, callback, at_input, state))
+            leaves: List[Optional[Tensor]] = []
+            proxies: List[Any] = []
+            with torch.enable_grad():
+                for inp in inputs:
+                    if isinstance(inp, Tensor) and inp.is_floating_point():
+                        leaf = inp.detach().requires_grad_(True)
+                        proxy = leaf.clone()
+                        _set_tag(proxy, state.token, _KIND_INPUT)
+                        leaves.append(leaf)
+                        proxies.append(proxy)
+                    else:
+                        leaves.append(None)
+                        proxies.append(inp)
+                with _PropagationMode(self, state):
+                    outputs = model(*proxies, *additional_forward_args)
+                if not isinstance(outputs, Tensor):
+                    raise TypeError(f"{self.method_name} needs a model that returns one tensor, got "
+                                    f"{type(outputs).__name__}")
+                if not _tag_of(outputs, state.token):
+                    raise UnsupportedOperationError(
+                        f"The model output does not depend on the input through operations that "
+                        f"{self.method_name} can see; no relevance can reach the input.")
+                seed = seed_fn(outputs.detach())
+                producer = _producer(outputs, state.token)
+                if producer is not None:
+                    producer.is_output_layer = True
+                    producer.seed = seed
+                    grad_seed = torch.ones_like(outputs)
+                else:
+                    grad_seed = safe_divide(seed, outputs.detach())
+                grad_inputs = [lf for lf in leaves if lf is not None]
+                grads = torch.autograd.grad(outputs, grad_inputs, grad_outputs=grad_seed,
+                                            allow_unused=True, retain_graph=True)
+                grads_it = iter(grads)
+                rel: List[Tensor] = []
+                for lf, inp in zip(leaves, inputs):
+                    if lf is None:
+                        rel.append(torch.zeros_like(inp, dtype=torch.float32)
+                                   if isinstance(inp, Tensor) else inp)
+                        continue
+                    g = next(grads_it)
+                    rel.append(lf.detach() * g if g is not None else torch.zeros_like(lf))
+                # relevance returned directly by input layers, mapped back through the
+                # selection ops between the model input and the layer
+                if state.input_relevance:
+                    refs = [r for r, _ in state.input_relevance]
+                    rels = [v for _, v in state.input_relevance]
+                    direct = torch.autograd.grad(refs, grad_inputs, grad_outputs=rels,
+                                                 allow_unused=True)
+                    j = 0
+                    for i, lf in enumerate(leaves):
+                        if lf is None:
+                            continue
+                        if direct[j] is not None:
+                            rel[i] = rel[i] + direct[j]
+                        j += 1
+            return tuple(r.detach() if isinstance(r, Tensor) else r for r in rel), outputs.detach(), seed
+        finally:
+            for h in handles:
+                h.remove()
+            for h in capture_handles:
+                h.remove()
+            snapshot.restore()
+            state.input_relevance.clear()
+            state.nodes.clear()
+
+
+def _register_capture(module: nn.Module, callback: Callable[[Tensor], None], at_input: bool,
+                      state: _CallState):
+    """Capture the relevance at a module's output (or input) as ``grad * activation``."""
+
+    def fwd_hook(mod, args, out):
+        t = args[0] if at_input else out
+        if not isinstance(t, Tensor) or not t.requires_grad:
+            return
+        state.bypass = True
+        try:
+            act = t.detach().clone()
+        finally:
+            state.bypass = False
+
+        def tensor_hook(grad):
+            callback(grad * act)
+
+        t.register_hook(tensor_hook)
+
+    return module.register_forward_hook(fwd_hook)
+
+
+class _BufferSnapshot:
+    """Restores buffers (e.g. BN running stats) should a forward pass change them."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.saved = None
+        if any(m.training for m in model.modules()):
+            self.saved = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()
+                          if not isinstance(v, nn.Parameter)}
+
+    def restore(self) -> None:
+        if self.saved is None:
+            return
+        with torch.no_grad():
+            for k, v in self.model.state_dict(keep_vars=True).items():
+                if k in self.saved:
+                    v.copy_(self.saved[k])

@@ -1,0 +1,161 @@
+"""Named rule presets ("composites"): which rule each layer gets.
+
+A composite maps a :class:`~captum_rap._engine.LayerInfo` (layer kind, whether it reads
+the model input, its module) to a rule.  A rule attached by the user with
+``module.rule = ...`` always wins over the composite and is never removed.
+
+Presets (``Conv`` = any convolution, ``Dense`` = ``nn.Linear``, ``BN`` = batch norm):
+
+================================  ============  =============  =================  ===========
+preset                            first layer   Conv           Dense              BN
+================================  ============  =============  =================  ===========
+``"epsilon"``                     Epsilon       Epsilon        Epsilon            PassThrough
+``"epsilon_plus"``                ZPlus         ZPlus          Epsilon            PassThrough
+``"epsilon_plus_flat"``           Flat          ZPlus          Epsilon            PassThrough
+``"epsilon_gamma_box"``           ZBox          Gamma(0.25)    Epsilon            PassThrough
+``"epsilon_alpha2_beta1"``        AlphaBeta     AlphaBeta(2,1) Epsilon            PassThrough
+``"epsilon_alpha2_beta1_flat"``   Flat          AlphaBeta(2,1) Epsilon            PassThrough
+``"zplus"``                       ZPlus         ZPlus          ZPlus              PassThrough
+``"zplus_box"``                   ZBox          ZPlus          ZPlus              PassThrough
+================================  ============  =============  =================  ===========
+
+"First layer" means a layer that reads the model input (see ``LayerInfo.is_input_layer``);
+if the first affine layer of a model sits behind a non-selection operation (e.g. an
+in-model normalisation) the box/flat rules cannot be used and the Conv rule applies there.
+``"zplus_box"`` is the base of CLRP (bias ignored, stabilizer 1e-9, as in the official code).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Union
+
+from ._engine import LayerInfo
+from .rules import AlphaBeta, Epsilon, Flat, Gamma, PassThrough, Rule, ZBox, ZPlus, from_captum_rule
+
+__all__ = ["Composite", "PRESETS", "get_composite"]
+
+
+class Composite:
+    """Chooses a rule for every affine layer call.
+
+    Args:
+        first (callable or None): rule factory for input layers (``None``: use ``conv`` /
+            ``dense``).
+        conv (callable): rule factory for convolutions.
+        dense (callable): rule factory for ``nn.Linear``.
+        norm (callable): rule factory for batch norm layers.
+        name (str): preset name, for ``repr``.
+
+    A factory is called once per layer call; stateless rules can be shared.
+
+    Examples::
+
+        >>> comp = Composite(conv=lambda: ZPlus(), dense=lambda: Epsilon(0.1))
+        >>> LRP(model, composite=comp)
+    """
+
+    def __init__(
+        self,
+        conv: Callable[[], Any],
+        dense: Callable[[], Any],
+        norm: Callable[[], Any] = PassThrough,
+        first: Optional[Callable[[], Any]] = None,
+        name: str = "custom",
+    ) -> None:
+        self._first = first() if first is not None else None
+        self._conv = conv()
+        self._dense = dense()
+        self._norm = norm()
+        self.name = name
+
+    def rule_for(self, info: LayerInfo) -> Any:
+        """The rule for one layer call: the module's own ``rule`` attribute if set,
+        otherwise the composite's choice."""
+        user_rule = getattr(info.module, "rule", None) if info.module is not None else None
+        if user_rule is not None:
+            return from_captum_rule(user_rule)
+        if info.kind == "batchnorm":
+            return self._norm
+        if self._first is not None and info.is_input_layer and info.kind != "batchnorm":
+            return self._first
+        if info.kind == "linear":
+            return self._dense
+        return self._conv
+
+    def __repr__(self) -> str:
+        return (f"Composite(name={self.name!r}, first={self._first!r}, conv={self._conv!r}, "
+                f"dense={self._dense!r}, norm={self._norm!r})")
+
+
+def _epsilon(epsilon=1e-6, **_):
+    return Composite(conv=lambda: Epsilon(epsilon), dense=lambda: Epsilon(epsilon), name="epsilon")
+
+
+def _epsilon_plus(epsilon=1e-6, stabilizer=1e-6, **_):
+    return Composite(conv=lambda: ZPlus(stabilizer), dense=lambda: Epsilon(epsilon), name="epsilon_plus")
+
+
+def _epsilon_plus_flat(epsilon=1e-6, stabilizer=1e-6, **_):
+    return Composite(conv=lambda: ZPlus(stabilizer), dense=lambda: Epsilon(epsilon),
+                     first=lambda: Flat(stabilizer), name="epsilon_plus_flat")
+
+
+def _epsilon_gamma_box(epsilon=1e-6, stabilizer=1e-6, gamma=0.25, low=None, high=None, **_):
+    return Composite(conv=lambda: Gamma(gamma, stabilizer), dense=lambda: Epsilon(epsilon),
+                     first=lambda: ZBox(low, high, stabilizer), name="epsilon_gamma_box")
+
+
+def _epsilon_alpha2_beta1(epsilon=1e-6, stabilizer=1e-6, **_):
+    return Composite(conv=lambda: AlphaBeta(2.0, 1.0, stabilizer), dense=lambda: Epsilon(epsilon),
+                     name="epsilon_alpha2_beta1")
+
+
+def _epsilon_alpha2_beta1_flat(epsilon=1e-6, stabilizer=1e-6, **_):
+    return Composite(conv=lambda: AlphaBeta(2.0, 1.0, stabilizer), dense=lambda: Epsilon(epsilon),
+                     first=lambda: Flat(stabilizer), name="epsilon_alpha2_beta1_flat")
+
+
+def _zplus(stabilizer=1e-6, bias=True, **_):
+    return Composite(conv=lambda: ZPlus(stabilizer, bias), dense=lambda: ZPlus(stabilizer, bias), name="zplus")
+
+
+def _zplus_box(stabilizer=1e-9, bias=False, low=None, high=None, **_):
+    return Composite(conv=lambda: ZPlus(stabilizer, bias), dense=lambda: ZPlus(stabilizer, bias),
+                     first=lambda: ZBox(low, high, stabilizer), name="zplus_box")
+
+
+PRESETS: Dict[str, Callable[..., Composite]] = {
+    "epsilon": _epsilon,
+    "epsilon_plus": _epsilon_plus,
+    "epsilon_plus_flat": _epsilon_plus_flat,
+    "epsilon_gamma_box": _epsilon_gamma_box,
+    "epsilon_alpha2_beta1": _epsilon_alpha2_beta1,
+    "epsilon_alpha2_beta1_flat": _epsilon_alpha2_beta1_flat,
+    "zplus": _zplus,
+    "zplus_box": _zplus_box,
+}
+
+
+def get_composite(composite: Union[str, Composite, None] = None, **kwargs: Any) -> Composite:
+    """Resolve a preset name (with keyword overrides such as ``epsilon=1e-12``,
+    ``gamma=0.5``, ``low=-2.1, high=2.6``) or pass a :class:`Composite` through.
+
+    Raises:
+        ValueError: unknown preset name (the message lists the valid ones).
+    """
+    if composite is None:
+        composite = "epsilon"
+    if isinstance(composite, Composite):
+        if kwargs:
+            raise ValueError("keyword overrides only apply to preset names, not Composite objects")
+        return composite
+    if isinstance(composite, str):
+        key = composite.lower().replace("-", "_")
+        if key not in PRESETS:
+            raise ValueError(f"unknown LRP preset {composite!r}; choose one of {sorted(PRESETS)}")
+        return PRESETS[key](**kwargs)
+    raise TypeError(f"composite must be a preset name or a Composite, got {type(composite).__name__}")
+
+
+def is_rule(obj: Any) -> bool:
+    return isinstance(obj, Rule)

@@ -1,0 +1,409 @@
+"""LRP propagation rules.
+
+Every rule is a subclass of Captum's :class:`~captum.attr._utils.lrp_rules.PropagationRule`,
+so it can be attached with ``module.rule = Rule(...)`` exactly as for Captum's ``LRP``.
+``captum_rap`` evaluates a rule through :meth:`Rule.propagate`, which receives one call of
+an affine layer (:class:`captum_rap._engine.AffineOp`), its input ``x``, its output ``z``
+(bias included) and the relevance ``R`` at the output, and returns ``(factor, extra)`` with
+
+    ``R_in = x * factor + extra``        (either term may be ``None``).
+
+Notation in the docstrings: ``x⁺ = max(x, 0)``, ``x⁻ = min(x, 0)``, likewise ``W⁺``, ``W⁻``,
+``b⁺``, ``b⁻``; ``stab(z) = z + ε·sign(z)`` with ``sign(0) = 1``.  All rules are linear in
+the output relevance ``R`` for a fixed forward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from ._compat import CaptumIdentityRule, PropagationRule
+from ._engine import AffineOp, LayerInfo, stabilize
+
+__all__ = [
+    "Rule",
+    "Epsilon",
+    "Gamma",
+    "AlphaBeta",
+    "ZPlus",
+    "ZBox",
+    "Flat",
+    "WSquare",
+    "PassThrough",
+    "EpsilonRule",
+    "GammaRule",
+    "Alpha1_Beta0_Rule",
+    "Alpha2_Beta1_Rule",
+    "ZBoxRule",
+    "FlatRule",
+    "WSquareRule",
+    "IdentityRule",
+]
+
+_PropagateResult = Tuple[Optional[Tensor], Optional[Tensor]]
+
+
+class Rule(PropagationRule):
+    """Base class of captum_rap rules.
+
+    Subclasses implement :meth:`propagate`.  ``_manipulate_weights`` is what Captum's own
+    ``LRP`` calls; rules that Captum's weight-manipulation interface cannot express raise
+    there with a pointer to :class:`captum_rap.LRP`.
+    """
+
+    #: the rule returns relevance at positions where the layer input is 0, so it needs the
+    #: exact input (layers that read the model input directly)
+    needs_input_layer: bool = False
+
+    def propagate(self, op: AffineOp, x: Tensor, z: Tensor, relevance: Tensor,
+                  info: LayerInfo) -> _PropagateResult:
+        """Redistribute ``relevance`` (shape of ``z``) onto ``x``.
+
+        Args:
+            op (AffineOp): the layer call (``op.forward`` / ``op.backward`` apply the layer
+                and its transpose with any weight).
+            x (Tensor): layer input.
+            z (Tensor): layer output (bias included).
+            relevance (Tensor): relevance at the output.
+            info (LayerInfo): where the layer sits.
+
+        Returns:
+            ``(factor, extra)`` with ``R_in = x * factor + extra``.
+        """
+        raise NotImplementedError
+
+    def check_layer(self, info: LayerInfo) -> Optional[str]:
+        """Return a message if the rule cannot be used on this layer, else ``None``."""
+        if self.needs_input_layer and not info.is_input_layer:
+            return (f"{type(self).__name__} puts relevance on inputs that are 0, which the engine can "
+                    "only return exactly for layers that read the model input directly (or through "
+                    "padding/reshape/slicing only). Use it on the input layer only.")
+        return None
+
+    def _manipulate_weights(self, module, inputs, outputs):  # pragma: no cover - Captum path
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot be expressed by Captum's weight manipulation; "
+            "use captum_rap.LRP instead of captum.attr.LRP.")
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items()
+                           if not k.startswith("_") and k not in ("relevance_input", "relevance_output"))
+        return f"{type(self).__name__}({params})"
+
+
+def _pos(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.clamp(min=0)
+
+
+def _neg(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.clamp(max=0)
+
+
+def _is_nonneg(x: Tensor) -> bool:
+    return bool((x >= 0).all())
+
+
+class Epsilon(Rule):
+    r"""LRP-ε (Bach et al. 2015): ``R_j = Σ_k x_j W_kj R_k / stab(z_k)`` with
+    ``z_k = Σ_j x_j W_kj + b_k`` (the layer output, bias included).
+
+    Args:
+        epsilon (float): stabilizer added with the sign of ``z``. ``0`` gives LRP-0.
+            Default: 1e-6.
+
+    Examples::
+
+        >>> model.features[10].rule = Epsilon(0.25)
+    """
+
+    def __init__(self, epsilon: float = 1e-6) -> None:
+        self.epsilon = epsilon
+        self.STABILITY_FACTOR = epsilon
+
+    def _manipulate_weights(self, module, inputs, outputs) -> None:
+        pass
+
+    def propagate(self, op, x, z, relevance, info):
+        s = relevance / stabilize(z, self.epsilon)
+        return op.backward(s, None, x.shape), None
+
+
+class Gamma(Rule):
+    r"""Generalized LRP-γ (Montavon et al. 2019; Andéol et al. 2021, as in zennit).
+
+    For output units with ``z_k > 0`` the positive contributions are favoured:
+    ``z⁺_k = Σ_j x⁺_j (W + γW⁺)_kj + x⁻_j (W + γW⁻)_kj + (b + γb⁺)_k``; for ``z_k < 0`` the
+    negative ones: ``z⁻_k = Σ_j x⁺_j (W + γW⁻)_kj + x⁻_j (W + γW⁺)_kj + (b + γb⁻)_k``, and
+    ``R_j = Σ_k [z_k>0] x_j (·)_kj R_k / stab(z⁺_k) + [z_k<0] x_j (·)_kj R_k / stab(z⁻_k)``.
+    For non-negative inputs and positive outputs this is the original
+    ``W + γW⁺`` rule.  With ``generalized=False`` the original rule is used for all outputs
+    (``z_k = Σ_j x_j (W + γW⁺)_kj + b_k``, as Captum's ``GammaRule``).
+
+    Args:
+        gamma (float): weight of the favoured part. Default: 0.25.
+        epsilon (float): stabilizer. Default: 1e-6.
+        generalized (bool): see above. Default: True.
+    """
+
+    def __init__(self, gamma: float = 0.25, epsilon: float = 1e-6, generalized: bool = True) -> None:
+        self.gamma = gamma
+        self.epsilon = epsilon
+        self.generalized = generalized
+        self.STABILITY_FACTOR = epsilon
+
+    def _manipulate_weights(self, module, inputs, outputs) -> None:
+        if hasattr(module, "weight"):
+            module.weight.data = module.weight.data + self.gamma * module.weight.data.clamp(min=0)
+
+    def propagate(self, op, x, z, relevance, info):
+        g = self.gamma
+        w, b = op.weight, op.bias
+        wp = w + g * w.clamp(min=0)
+        if not self.generalized:
+            zz = op.forward(x, wp, b)
+            s = relevance / stabilize(zz, self.epsilon)
+            return op.backward(s, wp, x.shape), None
+        wn = w + g * w.clamp(max=0)
+        bp = None if b is None else b + g * b.clamp(min=0)
+        bn = None if b is None else b + g * b.clamp(max=0)
+        pos_out = (z > 0).to(z.dtype)
+        neg_out = (z < 0).to(z.dtype)
+        if _is_nonneg(x):
+            sp = pos_out * relevance / stabilize(op.forward(x, wp, bp), self.epsilon)
+            sn = neg_out * relevance / stabilize(op.forward(x, wn, bn), self.epsilon)
+            return op.backward(sp, wp, x.shape) + op.backward(sn, wn, x.shape), None
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        zp = op.forward(xp, wp, bp) + op.forward(xn, wn, None)
+        zn = op.forward(xp, wn, bn) + op.forward(xn, wp, None)
+        sp = pos_out * relevance / stabilize(zp, self.epsilon)
+        sn = neg_out * relevance / stabilize(zn, self.epsilon)
+        f_pos_in = op.backward(sp, wp, x.shape) + op.backward(sn, wn, x.shape)
+        f_neg_in = op.backward(sp, wn, x.shape) + op.backward(sn, wp, x.shape)
+        return torch.where(x > 0, f_pos_in, f_neg_in), None
+
+
+class AlphaBeta(Rule):
+    r"""LRP-αβ (Bach et al. 2015).
+
+    Positive contributions ``x⁺W⁺ + x⁻W⁻`` (plus ``b⁺``) and negative ones ``x⁺W⁻ + x⁻W⁺``
+    (plus ``b⁻``) are normalised separately:
+    ``R_j = Σ_k (α (x_j W_kj)⁺ / stab(z⁺_k) − β (x_j W_kj)⁻ / stab(z⁻_k)) R_k``.
+    Conservative when ``α − β = 1`` and no bias absorbs relevance.
+
+    Args:
+        alpha (float): weight of the positive part. Default: 2.
+        beta (float): weight of the negative part. Default: 1.
+        epsilon (float): stabilizer. Default: 1e-6.
+        bias (bool): include ``b⁺`` / ``b⁻`` in the denominators. Default: True.
+    """
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, epsilon: float = 1e-6, bias: bool = True) -> None:
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"alpha and beta must be non-negative, got alpha={alpha}, beta={beta}")
+        self.alpha = alpha
+        self.beta = beta
+        self.epsilon = epsilon
+        self.bias = bias
+        self.STABILITY_FACTOR = epsilon
+
+    def _manipulate_weights(self, module, inputs, outputs) -> None:
+        if self.alpha == 1 and self.beta == 0 and hasattr(module, "weight"):
+            module.weight.data = module.weight.data.clamp(min=0)
+            return
+        super()._manipulate_weights(module, inputs, outputs)
+
+    def propagate(self, op, x, z, relevance, info):
+        w = op.weight
+        b = op.bias if self.bias else None
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        nonneg = _is_nonneg(x)
+        if nonneg:
+            zp = op.forward(x, wp, _pos(b))
+        else:
+            xp, xn = x.clamp(min=0), x.clamp(max=0)
+            zp = op.forward(xp, wp, _pos(b)) + op.forward(xn, wn, None)
+        sp = self.alpha * relevance / stabilize(zp, self.epsilon)
+        if self.beta != 0:
+            if nonneg:
+                zn = op.forward(x, wn, _neg(b))
+            else:
+                zn = op.forward(xp, wn, _neg(b)) + op.forward(xn, wp, None)
+            sn = self.beta * relevance / stabilize(zn, self.epsilon)
+        if nonneg:
+            factor = op.backward(sp, wp, x.shape)
+            if self.beta != 0:
+                factor = factor - op.backward(sn, wn, x.shape)
+            return factor, None
+        f_pos_in = op.backward(sp, wp, x.shape)
+        f_neg_in = op.backward(sp, wn, x.shape)
+        if self.beta != 0:
+            f_pos_in = f_pos_in - op.backward(sn, wn, x.shape)
+            f_neg_in = f_neg_in - op.backward(sn, wp, x.shape)
+        return torch.where(x > 0, f_pos_in, f_neg_in), None
+
+
+class ZPlus(AlphaBeta):
+    r"""LRP-z⁺ (= α1β0; Montavon et al. 2017): only positive contributions
+    ``x⁺W⁺ + x⁻W⁻`` (plus ``b⁺`` if ``bias``) receive relevance.
+
+    Args:
+        epsilon (float): stabilizer. Default: 1e-6.
+        bias (bool): include ``b⁺`` in the denominator. Default: True.
+    """
+
+    def __init__(self, epsilon: float = 1e-6, bias: bool = True) -> None:
+        super().__init__(alpha=1.0, beta=0.0, epsilon=epsilon, bias=bias)
+
+    def __repr__(self) -> str:
+        return f"ZPlus(epsilon={self.epsilon!r}, bias={self.bias!r})"
+
+
+BoundType = Union[float, Tensor, None]
+
+
+class ZBox(Rule):
+    r"""LRP-z^B (Montavon et al. 2017) for the input layer of a bounded input domain
+    ``low ≤ x ≤ high``:
+    ``R_j = Σ_k (x_j W_kj − l_j W⁺_kj − h_j W⁻_kj) R_k / stab(Σ_i x_i W_ki − l_i W⁺_ki − h_i W⁻_ki)``.
+
+    Args:
+        low (float, Tensor or None): lowest input value, scalar or broadcastable to one
+            input example (e.g. ``(1, 3, 1, 1)`` per channel). ``None``: the per-example
+            minimum of the input (the convention of the official RAP code).
+        high (float, Tensor or None): highest input value, as ``low``.
+        epsilon (float): stabilizer. Default: 1e-6.
+    """
+
+    needs_input_layer = True
+
+    def __init__(self, low: BoundType = None, high: BoundType = None, epsilon: float = 1e-6) -> None:
+        self.low = low
+        self.high = high
+        self.epsilon = epsilon
+        self.STABILITY_FACTOR = epsilon
+
+    @staticmethod
+    def _bound(bound: BoundType, x: Tensor, reduce) -> Tensor:
+        if bound is None:
+            per_sample = reduce(x.detach().flatten(1), dim=1)
+            if isinstance(per_sample, tuple):
+                per_sample = per_sample[0]
+            return per_sample.view((-1,) + (1,) * (x.dim() - 1)).expand_as(x)
+        if isinstance(bound, Tensor):
+            return bound.to(device=x.device, dtype=x.dtype).expand_as(x)
+        return torch.full_like(x, float(bound))
+
+    def propagate(self, op, x, z, relevance, info):
+        w = op.weight
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        low = self._bound(self.low, x, torch.min)
+        high = self._bound(self.high, x, torch.max)
+        zz = op.forward(x, w, None) - op.forward(low, wp, None) - op.forward(high, wn, None)
+        s = relevance / stabilize(zz, self.epsilon)
+        extra = -low * op.backward(s, wp, x.shape) - high * op.backward(s, wn, x.shape)
+        return op.backward(s, w, x.shape), extra
+
+
+class Flat(Rule):
+    r"""Flat rule (Lapuschkin et al. 2019): relevance spread uniformly over the receptive
+    field, ``R_j = Σ_k R_k / n_k`` with ``n_k`` the number of inputs (padding excluded) that
+    feed output ``k``.  Input layers only.
+
+    Args:
+        epsilon (float): stabilizer. Default: 1e-6.
+    """
+
+    needs_input_layer = True
+
+    def __init__(self, epsilon: float = 1e-6) -> None:
+        self.epsilon = epsilon
+        self.STABILITY_FACTOR = epsilon
+
+    def propagate(self, op, x, z, relevance, info):
+        ones_w = torch.ones_like(op.weight)
+        zz = op.forward(torch.ones_like(x), ones_w, None)
+        s = relevance / stabilize(zz, self.epsilon)
+        return None, op.backward(s, ones_w, x.shape)
+
+
+class WSquare(Rule):
+    r"""w² rule (Montavon et al. 2017): ``R_j = Σ_k W_kj² R_k / Σ_i W_ki²`` (the sum over
+    the receptive field, padding excluded).  Input layers only.
+
+    Args:
+        epsilon (float): stabilizer. Default: 1e-6.
+    """
+
+    needs_input_layer = True
+
+    def __init__(self, epsilon: float = 1e-6) -> None:
+        self.epsilon = epsilon
+        self.STABILITY_FACTOR = epsilon
+
+    def propagate(self, op, x, z, relevance, info):
+        w2 = op.weight * op.weight
+        zz = op.forward(torch.ones_like(x), w2, None)
+        s = relevance / stabilize(zz, self.epsilon)
+        return None, op.backward(s, w2, x.shape)
+
+
+class PassThrough(Rule, CaptumIdentityRule):
+    r"""Identity rule ``R_in = R_out`` for element-wise layers such as batch norm (the
+    normalisation layer is treated as if it were not there).  Also usable in Captum's
+    ``LRP`` (it behaves like Captum's ``IdentityRule``)."""
+
+    def __init__(self) -> None:
+        self.STABILITY_FACTOR = 1e-9
+
+    def _manipulate_weights(self, module, inputs, outputs) -> None:
+        pass
+
+    def check_layer(self, info: LayerInfo) -> Optional[str]:
+        if info.kind != "batchnorm":
+            return "PassThrough needs a layer whose input and output have the same shape (batch norm)."
+        return None
+
+    def propagate(self, op, x, z, relevance, info):
+        return None, relevance
+
+
+# Captum-style names ---------------------------------------------------------------------
+EpsilonRule = Epsilon
+GammaRule = Gamma
+ZBoxRule = ZBox
+FlatRule = Flat
+WSquareRule = WSquare
+IdentityRule = PassThrough
+
+
+def Alpha1_Beta0_Rule(epsilon: float = 1e-6, bias: bool = True) -> ZPlus:  # noqa: N802
+    """Captum-style alias of :class:`ZPlus` (α = 1, β = 0)."""
+    return ZPlus(epsilon=epsilon, bias=bias)
+
+
+def Alpha2_Beta1_Rule(epsilon: float = 1e-6, bias: bool = True) -> AlphaBeta:  # noqa: N802
+    """Captum-style alias of ``AlphaBeta(2, 1)``."""
+    return AlphaBeta(2.0, 1.0, epsilon=epsilon, bias=bias)
+
+
+def from_captum_rule(rule: Any) -> Any:
+    """Translate one of Captum's own rule objects into the equivalent captum_rap rule.
+
+    Returns the rule unchanged if it already is a captum_rap :class:`Rule`."""
+    from ._compat import (CaptumAlpha1Beta0Rule, CaptumEpsilonRule, CaptumGammaRule,
+                          CaptumIdentityRule as _CapId)
+
+    if isinstance(rule, Rule):
+        return rule
+    if isinstance(rule, _CapId):
+        return PassThrough()
+    if isinstance(rule, CaptumEpsilonRule):
+        return Epsilon(rule.STABILITY_FACTOR)
+    if isinstance(rule, CaptumGammaRule):
+        return Gamma(rule.gamma, epsilon=1e-9, generalized=False)
+    if isinstance(rule, CaptumAlpha1Beta0Rule):
+        return ZPlus(epsilon=1e-9)
+    raise TypeError(f"Unsupported rule object {rule!r}: use a captum_rap.rules rule.")
