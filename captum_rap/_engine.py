@@ -220,6 +220,7 @@ class _Node:
     state: "_CallState"
     input_ref: Optional[Tensor] = None  # the layer's input tensor (kept for input layers)
     out: Optional[Tensor] = None
+    z: Optional[Tensor] = None  # output seen by the rule (differs from out if a BN was merged)
     is_output_layer: bool = False
     seed: Optional[Tensor] = None
 
@@ -290,7 +291,8 @@ class _RuleFunction(torch.autograd.Function):
         hook = node.state.relevance_hooks.get(id(node))
         if hook is not None:
             r_out = hook(node, r_out)
-        factor, extra = node.rule.propagate(node.op, x, node.out, r_out, node.info)
+        z = node.z if node.z is not None else node.out
+        factor, extra = node.rule.propagate(node.op, x, z, r_out, node.info)
         if node.info.is_input_layer:
             relevance = _combine(x, factor, extra)
             node.state.input_relevance.append((node.input_ref, relevance))
@@ -315,14 +317,14 @@ class _PassThroughActivation(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:  # type: ignore[override]
-        out = fn(x)
-        ctx.save_for_backward(x, out)
-        return out
+        ctx.fn = fn
+        ctx.save_for_backward(x)
+        return fn(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x, out = ctx.saved_tensors
-        return safe_divide(grad * out, x), None
+        (x,) = ctx.saved_tensors
+        return safe_divide(grad * ctx.fn(x), x), None
 
 
 # ----------------------------------------------------------------------------------------
@@ -519,6 +521,10 @@ class _PropagationMode(TorchFunctionMode):
                 shift = shift + bias.detach()
             op = AffineOp("batchnorm", scale, shift)
             weight = weight if weight is not None else running_var
+            producer = _producer(x, self.token)
+            if (self.p.merge_batchnorm and producer is not None and producer.op.kind != "batchnorm"
+                    and producer.z is None and x.dim() >= 2 and x.shape[1] == scale.shape[0]):
+                return self._merge_bn(x, producer, op, args, kwargs)
         else:
             weight = _get_arg(args, kwargs, 1, "weight", None)
             bias = _get_arg(args, kwargs, 2, "bias", None)
@@ -557,6 +563,20 @@ class _PropagationMode(TorchFunctionMode):
         self.state.nodes.append(node)
         out = _RuleFunction.apply(x, node)
         _set_tag(out, self.token, _KIND_ACT, node)
+        return out
+
+    def _merge_bn(self, x, producer: "_Node", bn: AffineOp, args, kwargs):
+        """Batch norm right after a conv/linear: the rule of the producer sees the merged
+        affine map ``scale * (W x + b) + shift`` and the BN passes relevance through."""
+        shape = (-1,) + (1,) * (producer.op.weight.dim() - 1)
+        w = producer.op.weight * bn.weight.view(shape)
+        b = bn.bias if producer.op.bias is None else producer.op.bias * bn.weight + bn.bias
+        merged = AffineOp(producer.op.kind, w, b, **producer.op.conv_kwargs)
+        merged.pre_pad = producer.op.pre_pad
+        producer.op = merged
+        out = _PassThroughActivation.apply(x, lambda t: bn.forward(t, bn.weight, bn.bias))
+        producer.z = out.detach().clone()
+        _set_tag(out, self.token, _KIND_ACT, producer)
         return out
 
     # -- saturating activations (ReLU6, Hardtanh, clamp) --------------------------------
@@ -604,10 +624,15 @@ class Propagator:
             ``propagate(op, x, out, R_out, info) -> (factor, extra)`` with
             ``R_in = x * factor + extra`` (either may be ``None``).
         method_name (str): used in error messages.
+        merge_batchnorm (bool): a batch norm applied right after a conv/linear layer is
+            folded into that layer's rule (as zennit's canonizers do) instead of being
+            passed through separately.
     """
 
-    def __init__(self, model: nn.Module, rule_for: Callable[[LayerInfo], Any], method_name: str = "LRP"):
+    def __init__(self, model: nn.Module, rule_for: Callable[[LayerInfo], Any], method_name: str = "LRP",
+                 merge_batchnorm: bool = False):
         self.model = model
+        self.merge_batchnorm = merge_batchnorm
         self.rule_for = rule_for
         self.method_name = method_name
         self.param_owner: Dict[int, Tuple[str, nn.Module]] = {}
@@ -694,9 +719,7 @@ class Propagator:
                 if producer is not None:
                     producer.is_output_layer = True
                     producer.seed = seed
-                    grad_seed = torch.ones_like(outputs)
-                else:
-                    grad_seed = safe_divide(seed, outputs.detach())
+                grad_seed = safe_divide(seed, outputs.detach())
                 grad_inputs = [lf for lf in leaves if lf is not None]
                 grads = torch.autograd.grad(outputs, grad_inputs, grad_outputs=grad_seed,
                                             allow_unused=True, retain_graph=True)

@@ -83,6 +83,7 @@ class PropagationAttribution(GradientAttribution):
     """Base class: runs the engine with a rule chooser and a seed."""
 
     method_name = "propagation"
+    merge_batchnorm = False
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
@@ -133,7 +134,8 @@ class PropagationAttribution(GradientAttribution):
                                  f"{tuple(seed.shape) if isinstance(seed, Tensor) else type(seed).__name__}")
             return seed.to(dtype=outputs.dtype, device=outputs.device)
 
-        prop = Propagator(self.model, rule_for or self._rule_for, method_name=self.method_name)
+        prop = Propagator(self.model, rule_for or self._rule_for, method_name=self.method_name,
+                          merge_batchnorm=self.merge_batchnorm)
         rel, outputs, seed = prop.run(inputs_t, extra, seed_fn, layer_hooks=layer_hooks)
         return rel, outputs, seed, is_inputs_tuple
 

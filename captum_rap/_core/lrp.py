@@ -33,6 +33,10 @@ class LRP(PropagationAttribution):
             ``"epsilon_plus"``, ``"epsilon_plus_flat"``, ``"epsilon_gamma_box"``,
             ``"epsilon_alpha2_beta1"``, ``"epsilon_alpha2_beta1_flat"``, ``"zplus"``,
             ``"zplus_box"``, or a :class:`~captum_rap.composites.Composite`.
+        merge_batchnorm (bool): fold a batch norm that directly follows a conv/linear layer
+            into that layer's rule (the effective affine map ``BN(W x + b)``, as zennit's
+            canonizers do); otherwise batch norm layers get their own rule
+            (``PassThrough`` in the presets). Default: True.
         **composite_kwargs: overrides for a preset, e.g. ``epsilon=1e-9``, ``gamma=0.5``,
             ``low=-2.12, high=2.64`` (ZBox bounds, scalars or per-channel tensors).
 
@@ -49,9 +53,10 @@ class LRP(PropagationAttribution):
     method_name = "LRP"
 
     def __init__(self, model: nn.Module, composite: Union[str, Composite, None] = "epsilon",
-                 **composite_kwargs: Any) -> None:
+                 merge_batchnorm: bool = True, **composite_kwargs: Any) -> None:
         super().__init__(model)
         self.composite = get_composite(composite, **composite_kwargs)
+        self.merge_batchnorm = merge_batchnorm
 
     def _rule_for(self, info: LayerInfo) -> Any:
         return self.composite.rule_for(info)
@@ -110,8 +115,8 @@ class LayerLRP(LRP):
     method_name = "LayerLRP"
 
     def __init__(self, model: nn.Module, layer: nn.Module, composite: Union[str, Composite, None] = "epsilon",
-                 **composite_kwargs: Any) -> None:
-        super().__init__(model, composite, **composite_kwargs)
+                 merge_batchnorm: bool = True, **composite_kwargs: Any) -> None:
+        super().__init__(model, composite, merge_batchnorm, **composite_kwargs)
         self.layer = layer
 
     @log_usage()

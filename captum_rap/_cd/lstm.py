@@ -1,0 +1,139 @@
+"""Contextual decomposition of ``torch.lstm`` (what ``nn.LSTM`` calls).
+
+Rules of the reference ``acd`` package (``cd_text``, Murdoch et al. 2018 as modified for
+ACD), for every layer and direction:
+
+* gate pre-activations split into relevant ``r = W_i x^rel_t + W_h h^rel_{t-1}``,
+  irrelevant ``i = W_i x^irr_t + W_h h^irr_{t-1}`` and bias ``b = b_ih + b_hh``;
+* input, forget and cell gates linearised with the three-term rule (bias first, average
+  over the two orders of the two other terms); the output gate is not decomposed;
+* the ``bias x bias`` term of the cell goes to ``rel`` at positions whose input is
+  relevant (inside the phrase) and to ``irr`` otherwise; in general (deeper layers,
+  soft masks) it is split with the weight ``|x^rel_t|_1 / (|x^rel_t|_1 + |x^irr_t|_1)``,
+  which is exactly the reference's ``[t in phrase]`` for a binary mask on the first layer;
+* ``h^rel = o * (tanh(c^rel) + tanh(c) - tanh(c^irr)) / 2`` and symmetrically.
+
+Multi-layer LSTMs feed the decomposed hidden sequence of one layer to the next; the
+reverse direction of a bidirectional LSTM runs the same recurrence on the reversed
+sequence.  ``rel + irr`` equals the LSTM's output up to rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .tensor import CDTensor, UnsupportedOperationError
+
+EPS = 1e-20
+
+
+def _parts(v, like):
+    if isinstance(v, CDTensor):
+        return v._rel, v._irr
+    if v is None:
+        z = torch.zeros_like(like)
+        return z, z
+    return torch.zeros_like(v), v
+
+
+def _three(a, b, c, f):
+    fc = f(c)
+    fac = f(a + c)
+    fbc = f(b + c)
+    fabc = f(a + b + c)
+    la = 0.5 * ((fac - fc) + (fabc - fbc))
+    lb = 0.5 * ((fbc - fc) + (fabc - fac))
+    return la, lb, fc
+
+
+def _run_direction(xr, xi, w_ih, w_hh, b, h0, c0):
+    T = xr.shape[0]
+    H = w_hh.shape[1]
+    pr_all = torch.matmul(xr, w_ih.t())
+    pi_all = torch.matmul(xi, w_ih.t())
+    ar = xr.abs().sum(-1, keepdim=True)
+    ai = xi.abs().sum(-1, keepdim=True)
+    inside = (ar + EPS) / (ar + ai + 2 * EPS)  # (T, B, 1)
+    if b is None:
+        b = torch.zeros(4 * H, dtype=xr.dtype, device=xr.device)
+    bi, bf, bg, bo = b.split(H)
+    h_r, h_i = h0
+    c_r, c_i = c0
+    out_r, out_i = [], []
+    w_hh_t = w_hh.t()
+    for t in range(T):
+        pre_r = pr_all[t] + torch.matmul(h_r, w_hh_t)
+        pre_i = pi_all[t] + torch.matmul(h_i, w_hh_t)
+        ri, rf, rg, ro = pre_r.split(H, -1)
+        ii, if_, ig, io = pre_i.split(H, -1)
+        i_r, i_i, i_b = _three(ri, ii, bi, torch.sigmoid)
+        f_r, f_i, f_b = _three(rf, if_, bf, torch.sigmoid)
+        g_r, g_i, g_b = _three(rg, ig, bg, torch.tanh)
+        o = torch.sigmoid(ro + io + bo)
+        w = inside[t]
+        bb = i_b * g_b
+        cb = i_r * (g_r + g_b) + i_b * g_r + w * bb
+        cg = i_i * (g_r + g_i + g_b) + (i_r + i_b) * g_i + (1 - w) * bb
+        cb = cb + (f_r + f_b) * c_r
+        cg = cg + (f_r + f_i + f_b) * c_i + f_i * c_r
+        tb, tg, tt = torch.tanh(cb), torch.tanh(cg), torch.tanh(cb + cg)
+        h_r = o * 0.5 * (tb + tt - tg)
+        h_i = o * 0.5 * (tg + tt - tb)
+        c_r, c_i = cb, cg
+        out_r.append(h_r)
+        out_i.append(h_i)
+    return (torch.stack(out_r), torch.stack(out_i)), (h_r, h_i), (c_r, c_i)
+
+
+def cd_lstm(args, kwargs, where):
+    names = ["input", "hx", "params", "has_biases", "num_layers", "dropout", "train",
+             "bidirectional", "batch_first"]
+    a = dict(zip(names, args))
+    a.update(kwargs)
+    if isinstance(a.get("hx"), torch.Tensor):
+        raise UnsupportedOperationError("CD: packed sequences in `lstm` (%s) are not supported" % where)
+    x, hx, params = a["input"], a["hx"], list(a["params"])
+    has_b, L, bidir, bf = a["has_biases"], a["num_layers"], a["bidirectional"], a["batch_first"]
+    if any(isinstance(p, CDTensor) for p in params):
+        raise UnsupportedOperationError("CD: decomposed LSTM weights in %s" % where)
+    nd = 2 if bidir else 1
+    stride = 4 if has_b else 2
+    if len(params) != L * nd * stride:
+        raise UnsupportedOperationError("CD: `lstm` with proj_size > 0 in %s is not supported" % where)
+    xr, xi = _parts(x, None)
+    if bf:
+        xr, xi = xr.transpose(0, 1), xi.transpose(0, 1)
+    B = xr.shape[1]
+    H = params[1].shape[1]
+    h0, c0 = hx if hx is not None else (None, None)
+    zeros = torch.zeros(L * nd, B, H, dtype=xr.dtype, device=xr.device)
+    h0r, h0i = _parts(h0, zeros)
+    c0r, c0i = _parts(c0, zeros)
+    layer_in = (xr, xi)
+    hs_r, hs_i, cs_r, cs_i = [], [], [], []
+    for layer in range(L):
+        outs_r, outs_i = [], []
+        for d in range(nd):
+            k = layer * nd + d
+            p = params[k * stride:(k + 1) * stride]
+            w_ih, w_hh = p[0], p[1]
+            b = (p[2] + p[3]) if has_b else None
+            sr, si = layer_in
+            if d == 1:
+                sr, si = sr.flip(0), si.flip(0)
+            (o_r, o_i), (h_r, h_i), (c_r, c_i) = _run_direction(
+                sr, si, w_ih, w_hh, b, (h0r[k], h0i[k]), (c0r[k], c0i[k]))
+            if d == 1:
+                o_r, o_i = o_r.flip(0), o_i.flip(0)
+            outs_r.append(o_r)
+            outs_i.append(o_i)
+            hs_r.append(h_r)
+            hs_i.append(h_i)
+            cs_r.append(c_r)
+            cs_i.append(c_i)
+        layer_in = (torch.cat(outs_r, -1), torch.cat(outs_i, -1))
+    out_r, out_i = layer_in
+    if bf:
+        out_r, out_i = out_r.transpose(0, 1), out_i.transpose(0, 1)
+    return (CDTensor(out_r, out_i), CDTensor(torch.stack(hs_r), torch.stack(hs_i)),
+            CDTensor(torch.stack(cs_r), torch.stack(cs_i)))

@@ -1,0 +1,710 @@
+"""Decomposed tensors for contextual decomposition.
+
+A :class:`CDTensor` stands for an activation ``x = rel + irr`` and intercepts every torch
+function it takes part in (``__torch_function__``), so the decomposition follows the
+*whole* forward pass of an unchanged model: modules, functional calls, ``+``, ``cat``,
+reshapes, in-place activations.  Each supported function has a rule; any other function
+that touches a decomposed tensor raises :class:`UnsupportedOperationError` naming the
+function and the module it was called from.
+
+Rules (``rel`` = relevant part, ``irr`` = irrelevant part):
+
+* linear maps without constant term (reshapes, indexing, pooling by averaging, ``sum``,
+  ``mean``, ``mul``/``div`` by a constant, ``matmul`` with a constant, eval dropout, ...):
+  applied to both parts;
+* affine maps ``W x + b`` (conv, linear, batch norm): ``r = W rel``, ``i = W irr`` and the
+  bias is split proportionally to ``(|r| + 1e-20) / (|r| + |i| + 2e-20)`` (batch norm:
+  ``|r| / (|r| + |i|)`` with ``0/0`` giving the whole shift to ``irr``);
+* ``a + b`` adds parts; a constant added to a decomposed tensor goes to ``irr``;
+* ReLU family ``f``: ``rel' = f(rel)``, ``irr' = f(rel + irr) - f(rel)``;
+* max pooling: the arg-max of ``rel + irr`` selects the entries of both parts;
+* ``torch.lstm``: see :mod:`captum_rap._cd.lstm`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-20
+
+
+try:  # share the package-wide exception type when the propagation engine is present
+    from captum_rap._engine import UnsupportedOperationError as _UnsupportedBase
+except ImportError:  # pragma: no cover
+    _UnsupportedBase = RuntimeError
+
+
+class UnsupportedOperationError(_UnsupportedBase):
+    """Raised when a function without a CD rule touches a decomposed tensor."""
+
+
+# --------------------------------------------------------------------------------------
+# per-call state (thread local): mode flags and the stack of running module names
+# --------------------------------------------------------------------------------------
+class _State(threading.local):
+    def __init__(self) -> None:
+        self.reference = False
+        self.linear_bias_to_neither = False
+        self.module_stack: List[str] = []
+        self.names: Dict[int, str] = {}
+        self.maxpool_float32 = False
+
+
+_STATE = _State()
+
+
+def _where() -> str:
+    if not _STATE.module_stack:
+        return "the model's forward (outside any submodule)"
+    return "module `%s`" % _STATE.module_stack[-1]
+
+
+@contextlib.contextmanager
+def cd_context(model: torch.nn.Module, reference: bool = False, linear_bias_to_neither: bool = False):
+    """Set the rule flags and track module names (global forward hooks, removed on exit)."""
+    names = {}
+    if isinstance(model, torch.nn.Module):
+        for n, m in model.named_modules():
+            names.setdefault(id(m), n if n else type(model).__name__)
+    old = (_STATE.reference, _STATE.linear_bias_to_neither, _STATE.module_stack, _STATE.names)
+    _STATE.reference = reference
+    _STATE.linear_bias_to_neither = linear_bias_to_neither
+    _STATE.module_stack = []
+    _STATE.names = names
+
+    def pre(mod, inp):
+        nm = _STATE.names.get(id(mod), "<%s>" % type(mod).__name__)
+        _STATE.module_stack.append("%s (%s)" % (nm, type(mod).__name__))
+
+    def post(mod, inp, out):
+        if _STATE.module_stack:
+            _STATE.module_stack.pop()
+
+    h1 = torch.nn.modules.module.register_module_forward_pre_hook(pre)
+    h2 = torch.nn.modules.module.register_module_forward_hook(post, always_call=True)
+    try:
+        yield
+    finally:
+        h1.remove()
+        h2.remove()
+        (_STATE.reference, _STATE.linear_bias_to_neither, _STATE.module_stack, _STATE.names) = old
+
+
+# --------------------------------------------------------------------------------------
+# the decomposed tensor types
+# --------------------------------------------------------------------------------------
+class CDTensor(torch.Tensor):
+    """An activation split as ``rel + irr`` (relevant and irrelevant parts).
+
+    The tensor's own storage is that of ``rel`` (it only provides shape, dtype and device
+    for the model's metadata queries); every computation goes through the rules.
+    """
+
+    _rel: torch.Tensor
+    _irr: torch.Tensor
+    _partial_view: bool
+
+    @staticmethod
+    def __new__(cls, rel: torch.Tensor, irr: torch.Tensor, partial_view: bool = False):
+        if rel.shape != irr.shape:
+            rel, irr = torch.broadcast_tensors(rel, irr)
+        t = torch.Tensor._make_subclass(cls, rel.detach(), False)
+        t._rel = rel
+        t._irr = irr
+        t._partial_view = partial_view
+        return t
+
+    def __init__(self, *args, **kwargs):  # noqa: D401 - nothing to do
+        pass
+
+    @property
+    def rel(self) -> torch.Tensor:
+        return self._rel
+
+    @property
+    def irr(self) -> torch.Tensor:
+        return self._irr
+
+    def __repr__(self, *args, **kwargs):  # pragma: no cover - debugging aid
+        return "CDTensor(shape=%s, rel=%r, irr=%r)" % (tuple(self._rel.shape), self._rel, self._irr)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        return _dispatch(func, args, kwargs or {})
+
+
+class TokenCDTensor(torch.Tensor):
+    """Integer token ids carrying a mask over token positions (1 = relevant).
+
+    Shape and indexing operations apply to ids and mask alike; ``F.embedding`` turns it
+    into a :class:`CDTensor` with ``rel = mask * E[ids]`` and ``irr = (1 - mask) * E[ids]``.
+    """
+
+    _ids: torch.Tensor
+    _mask: torch.Tensor
+
+    @staticmethod
+    def __new__(cls, ids: torch.Tensor, mask: torch.Tensor):
+        t = torch.Tensor._make_subclass(cls, ids, False)
+        t._ids = ids
+        t._mask = mask
+        return t
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __repr__(self, *args, **kwargs):  # pragma: no cover
+        return "TokenCDTensor(ids=%r, mask=%r)" % (self._ids, self._mask)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        return _dispatch(func, args, kwargs or {})
+
+
+def _is_cd(x) -> bool:
+    return isinstance(x, CDTensor)
+
+
+def _plain(x):
+    """Unwrap for metadata calls."""
+    return x
+
+
+def _func_name(func) -> str:
+    name = getattr(func, "__name__", None)
+    if name == "__get__":
+        owner = getattr(func, "__self__", None)
+        return "get:" + str(getattr(owner, "__name__", owner))
+    if name is None:
+        return str(func)
+    return name
+
+
+# functions that only read metadata (shape, dtype, ...) -> run on the wrapper itself
+_META = {
+    "size", "dim", "ndimension", "numel", "nelement", "is_contiguous", "is_floating_point",
+    "is_complex", "element_size", "get_device", "stride", "storage_offset", "__len__",
+    "__hash__", "data_ptr", "is_signed", "has_names", "__format__", "requires_grad_",
+    "is_inference", "untyped_storage",
+}
+_META_GETTERS_LINEAR = {"get:T", "get:mT", "get:data", "get:H", "get:mH"}
+
+
+def _run_plain(func, args, kwargs):
+    with torch._C.DisableTorchFunctionSubclass():
+        return func(*args, **kwargs)
+
+
+def _dispatch(func, args, kwargs):
+    name = _func_name(func)
+    if name in _META or (name.startswith("get:") and name not in _META_GETTERS_LINEAR):
+        return _run_plain(func, args, kwargs)
+    # token ids
+    if any(isinstance(a, TokenCDTensor) for a in _iter_args(args, kwargs)):
+        return _token_dispatch(func, name, args, kwargs)
+    handler = _HANDLERS.get(name)
+    if handler is None:
+        raise UnsupportedOperationError(
+            "CD has no decomposition rule for `%s` (%s), called on a decomposed tensor in %s. "
+            "Supported: conv/linear/batch_norm (eval), the ReLU family (relu, relu6, "
+            "leaky_relu, hardtanh, clamp, threshold), max/avg/adaptive pooling, dropout "
+            "(identity), embedding, lstm, sums of decomposed tensors and linear shape "
+            "operations." % (name, _qualname(func), _where())
+        )
+    return handler(func, name, args, kwargs)
+
+
+def _qualname(func) -> str:
+    mod = getattr(func, "__module__", None) or ""
+    qn = getattr(func, "__qualname__", None) or getattr(func, "__name__", str(func))
+    return ("%s.%s" % (mod, qn)) if mod else str(qn)
+
+
+def _iter_args(args, kwargs):
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            yield from a
+        else:
+            yield a
+    for a in kwargs.values():
+        if isinstance(a, (list, tuple)):
+            yield from a
+        else:
+            yield a
+
+
+def _new(rel, irr, partial_view=False):
+    return CDTensor(rel, irr, partial_view)
+
+
+def _wrap_pair(out_r, out_i, partial_view=False):
+    if isinstance(out_r, torch.Tensor):
+        return _new(out_r, out_i, partial_view)
+    if isinstance(out_r, (list, tuple)):
+        res = [_wrap_pair(a, b, partial_view) for a, b in zip(out_r, out_i)]
+        return type(out_r)(res) if isinstance(out_r, list) else tuple(res)
+    return out_r
+
+
+def _set_inplace(target: CDTensor, result: CDTensor) -> CDTensor:
+    if target._partial_view:
+        raise UnsupportedOperationError(
+            "CD: in-place modification of a slice of a decomposed tensor in %s is not "
+            "supported (the base tensor would not see it)." % _where()
+        )
+    target._rel = result._rel
+    target._irr = result._irr
+    return target
+
+
+def _inplace_name(name: str) -> Optional[str]:
+    """Out-of-place name of an in-place function name, or None."""
+    if name.startswith("__i") and name.endswith("__"):
+        return "__" + name[3:]
+    if name.endswith("_") and not name.endswith("__"):
+        return name[:-1]
+    return None
+
+
+def _oop_func(func, name):
+    """Out-of-place variant of an in-place torch function."""
+    base = _inplace_name(name)
+    if base is None:
+        return func, False
+    for ns in (torch.Tensor, torch, F):
+        f = getattr(ns, base, None)
+        if f is not None:
+            return f, True
+    raise UnsupportedOperationError("CD: no out-of-place variant for in-place `%s` in %s" % (name, _where()))
+
+
+# --------------------------------------------------------------------------------------
+# rules
+# --------------------------------------------------------------------------------------
+def _substitute(args, kwargs, which: str):
+    """Replace decomposed tensors by one of their parts (top-level args / kwargs)."""
+    a2 = [getattr(a, which) if _is_cd(a) else a for a in args]
+    k2 = {k: (getattr(v, which) if _is_cd(v) else v) for k, v in kwargs.items()}
+    return a2, k2
+
+
+def _count_cd(args, kwargs) -> int:
+    return sum(1 for a in args if _is_cd(a)) + sum(1 for v in kwargs.values() if _is_cd(v))
+
+
+_PARTIAL_VIEWS = {"__getitem__", "narrow", "select", "split", "chunk", "unbind", "tensor_split",
+                  "diagonal", "split_with_sizes", "unsafe_split", "unsafe_chunk"}
+
+
+def _unary_linear(func, name, args, kwargs):
+    """Functions linear (without constant term) in their single decomposed argument."""
+    n = _count_cd(args, kwargs)
+    if n != 1 or any(_is_cd(x) for a in args if isinstance(a, (list, tuple)) for x in a):
+        raise UnsupportedOperationError(
+            "CD: `%s` in %s takes %s decomposed tensors; a rule exists only when exactly one "
+            "argument is decomposed (a product of two decomposed tensors is not linear)."
+            % (name, _where(), "several" if n > 1 else "nested")
+        )
+    f, inplace = _oop_func(func, name)
+    ar, kr = _substitute(args, kwargs, "_rel")
+    ai, ki = _substitute(args, kwargs, "_irr")
+    out = _wrap_pair(f(*ar, **kr), f(*ai, **ki), name in _PARTIAL_VIEWS)
+    if inplace:
+        if not _is_cd(args[0]):
+            raise UnsupportedOperationError(
+                "CD: in-place `%s` writes a decomposed tensor into a plain tensor in %s" % (name, _where()))
+        return _set_inplace(args[0], out)
+    return out
+
+
+def _div(func, name, args, kwargs):
+    if name in ("__rtruediv__", "__rdiv__", "__rfloordiv__") or (len(args) > 1 and _is_cd(args[1])):
+        raise UnsupportedOperationError("CD: division by a decomposed tensor (`%s`) in %s is not linear" % (name, _where()))
+    if kwargs.get("rounding_mode") is not None:
+        raise UnsupportedOperationError("CD: `%s` with rounding_mode in %s is not linear" % (name, _where()))
+    return _unary_linear(func, name, args, kwargs)
+
+
+def _identity(func, name, args, kwargs):
+    """Dropout: identity (the model is expected in eval mode)."""
+    x = args[0] if args else kwargs.get("input")
+    return x if _inplace_flag(func, args, kwargs) else _new(x._rel, x._irr)
+
+
+def _parts(v, like=None):
+    if _is_cd(v):
+        return v._rel, v._irr
+    if isinstance(v, torch.Tensor):
+        return torch.zeros_like(v), v
+    return 0, v
+
+
+_ADD_NAMES = {"add", "__add__", "__radd__", "add_", "__iadd__"}
+_SUB_NAMES = {"sub", "__sub__", "sub_", "__isub__", "subtract"}
+_RSUB_NAMES = {"__rsub__", "rsub"}
+
+
+def _add_sub(func, name, args, kwargs):
+    a = args[0] if args else kwargs.get("input")
+    b = args[1] if len(args) > 1 else kwargs.get("other")
+    alpha = kwargs.get("alpha", args[2] if len(args) > 2 else 1)
+    if name in _RSUB_NAMES:  # other - self
+        a, b = b, a
+        sign = -1
+    elif name in _SUB_NAMES:
+        sign = -1
+    else:
+        sign = 1
+    ra, ia = _parts(a)
+    rb, ib = _parts(b)
+    coef = sign * alpha
+    rel = ra + coef * rb if not (isinstance(rb, int) and rb == 0) else (ra if isinstance(ra, torch.Tensor) else ra + 0 * ia)
+    if not isinstance(rel, torch.Tensor):
+        rel = torch.zeros_like(ib) if isinstance(ib, torch.Tensor) else rel
+    irr = ia + coef * ib
+    rel, irr = torch.broadcast_tensors(torch.as_tensor(rel), torch.as_tensor(irr))
+    out = _new(rel, irr)
+    if name in ("add_", "__iadd__", "sub_", "__isub__"):
+        if not _is_cd(args[0]):
+            raise UnsupportedOperationError(
+                "CD: in-place `%s` adds a decomposed tensor into a plain tensor in %s" % (name, _where()))
+        return _set_inplace(args[0], out)
+    return out
+
+
+def _joint_linear(func, name, args, kwargs):
+    """cat / stack: jointly linear in all inputs; plain tensors are constants (-> irr)."""
+    seq = args[0] if args else kwargs.get("tensors")
+    rest = list(args[1:])
+    kw = {k: v for k, v in kwargs.items() if k != "tensors"}
+    rl, il = [], []
+    for t in seq:
+        r, i = _parts(t)
+        rl.append(r)
+        il.append(i)
+    return _new(func(rl, *rest, **kw), func(il, *rest, **kw))
+
+
+def _pad(func, name, args, kwargs):
+    sig = _bind(F.pad, args, kwargs)
+    x = sig["input"]
+    if not _is_cd(x):
+        raise UnsupportedOperationError("CD: `pad` of a decomposed value in %s" % _where())
+    mode = sig.get("mode", "constant")
+    value = sig.get("value", None)
+    p = sig["pad"]
+    if mode == "constant":
+        return _new(F.pad(x._rel, p, mode="constant", value=0.0),
+                    F.pad(x._irr, p, mode="constant", value=value if value is not None else 0.0))
+    return _new(F.pad(x._rel, p, mode=mode), F.pad(x._irr, p, mode=mode))
+
+
+_SIG_CACHE: Dict[Any, inspect.Signature] = {}
+
+
+def _bind(func, args, kwargs) -> Dict[str, Any]:
+    sig = _SIG_CACHE.get(func)
+    if sig is None:
+        sig = inspect.signature(func)
+        _SIG_CACHE[func] = sig
+    b = sig.bind(*args, **kwargs)
+    b.apply_defaults()
+    return dict(b.arguments)
+
+
+def _inplace_flag(func, args, kwargs) -> bool:
+    if "inplace" in kwargs:
+        return bool(kwargs["inplace"])
+    try:
+        return bool(_bind(func, args, kwargs).get("inplace", False))
+    except (TypeError, ValueError):
+        return False
+
+
+def _activation(func, name, args, kwargs):
+    """ReLU family: rel' = f(rel), irr' = f(rel + irr) - f(rel)."""
+    x = args[0] if args else kwargs.get("input")
+    others = list(args[1:]) + [v for k, v in kwargs.items() if k != "input"]
+    if not _is_cd(x) or any(_is_cd(v) for v in others):
+        raise UnsupportedOperationError("CD: `%s` with decomposed bounds in %s" % (name, _where()))
+    f, oop = _oop_func(func, name)
+    inplace = oop
+    sig = None
+    if not oop:
+        try:
+            sig = _bind(func, args, kwargs)
+        except (TypeError, ValueError):
+            sig = None
+    if sig is not None and "inplace" in sig:
+        inplace = bool(sig["inplace"])
+        sig["inplace"] = False
+        first = next(iter(sig))
+
+        def fn(t):
+            a = dict(sig)
+            a[first] = t
+            return f(**a)
+    else:
+        rest_a = list(args[1:])
+        kw = {k: v for k, v in kwargs.items() if k != "input"}
+
+        def fn(t):
+            return f(t, *rest_a, **kw)
+    rel = fn(x._rel)
+    irr = fn(x._rel + x._irr) - rel
+    out = _new(rel, irr)
+    return _set_inplace(x, out) if inplace else out
+
+
+# ---- affine maps: conv / linear / batch norm ----------------------------------------
+def _split_bias(r, i, b):
+    ar, ai = r.abs(), i.abs()
+    den = ar + ai + 2 * EPS
+    pr = (ar + EPS) / den
+    pi = (ai + EPS) / den
+    return r + pr * b, i + pi * b
+
+
+_CONV_NAMES = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear"}
+
+
+def _affine(func, name, args, kwargs):
+    args = list(args)
+    kwargs = dict(kwargs)
+    x = args[0] if args else kwargs.pop("input")
+    if args:
+        args = args[1:]
+    if not _is_cd(x) or _count_cd(args, kwargs):
+        raise UnsupportedOperationError(
+            "CD: `%s` in %s with a decomposed weight or bias is not supported" % (name, _where()))
+    # separate the bias (3rd positional argument of every function here)
+    if len(args) >= 2:
+        weight, bias = args[0], args[1]
+        rest = args[2:]
+    else:
+        weight = args[0] if args else kwargs.pop("weight")
+        bias = kwargs.pop("bias", None)
+        rest = []
+    kwargs.pop("bias", None)
+    if _STATE.reference:
+        if name == "linear" and _STATE.linear_bias_to_neither:
+            return _new(func(x._rel, weight, None, *rest, **kwargs), func(x._irr, weight, None, *rest, **kwargs))
+        zero = func(torch.zeros_like(x._irr), weight, bias, *rest, **kwargs)
+        r = func(x._rel, weight, bias, *rest, **kwargs) - zero
+        i = func(x._irr, weight, bias, *rest, **kwargs) - zero
+        if bias is None:
+            return _new(r, i)
+        rel, irr = _split_bias(r, i, zero)
+        return _new(rel, irr)
+    n = x._rel.shape[0] if x._rel.dim() > 0 else 0
+    if x._rel.dim() >= 2 or name == "linear":
+        both = func(torch.cat([x._rel, x._irr], 0), weight, None, *rest, **kwargs)
+        r, i = both[:n], both[n:]
+    else:
+        r = func(x._rel, weight, None, *rest, **kwargs)
+        i = func(x._irr, weight, None, *rest, **kwargs)
+    if bias is None:
+        return _new(r, i)
+    if name == "linear":
+        b = bias
+    else:  # channel dim 1 (batched) or 0 (unbatched conv)
+        ch = 1 if r.dim() == x._rel.dim() and (x._rel.dim() - weight.dim()) == 0 else 0
+        shape = [1] * r.dim()
+        shape[ch] = -1
+        b = bias.view(shape)
+    rel, irr = _split_bias(r, i, b)
+    return _new(rel, irr)
+
+
+def _batch_norm(func, name, args, kwargs):
+    a = _bind(F.batch_norm, args, kwargs)
+    x = a["input"]
+    if not _is_cd(x) or any(_is_cd(a[k]) for k in ("running_mean", "running_var", "weight", "bias")):
+        raise UnsupportedOperationError("CD: `batch_norm` with decomposed statistics in %s" % _where())
+    if a["training"] or a["running_mean"] is None:
+        raise UnsupportedOperationError(
+            "CD: `batch_norm` in %s runs in training mode (batch statistics are not an affine "
+            "map, and running statistics would be updated). Put the model in eval mode "
+            "(`model.eval()`) before calling CD." % _where())
+    rm, rv, w, b, eps = a["running_mean"], a["running_var"], a["weight"], a["bias"], a["eps"]
+    if _STATE.reference:
+        def M(t):
+            return F.batch_norm(t, rm, rv, w, b, False, 0.0, eps)
+        c = M(torch.zeros_like(x._irr))
+        r = M(x._rel) - c
+        i = M(x._irr) - c
+        pr = r.abs() / (r.abs() + i.abs())
+        pr = torch.where(torch.isnan(pr), torch.zeros_like(pr), pr)
+        rel = r + pr * c
+        irr = M(x._rel + x._irr) - rel
+        return _new(rel, irr)
+    shape = [1] * x._rel.dim()
+    shape[1 if x._rel.dim() > 1 else 0] = -1
+    scale = torch.rsqrt(rv + eps)
+    if w is not None:
+        scale = scale * w
+    shift = -rm * scale
+    if b is not None:
+        shift = shift + b
+    scale = scale.view(shape).to(x._rel.dtype)
+    shift = shift.view(shape).to(x._rel.dtype)
+    r = x._rel * scale
+    i = x._irr * scale
+    ar, ai = r.abs(), i.abs()
+    pr = ar / (ar + ai)
+    pr = torch.where(torch.isnan(pr), torch.zeros_like(pr), pr)
+    rel = r + pr * shift
+    irr = i + (1 - pr) * shift
+    return _new(rel, irr)
+
+
+# ---- max pooling ---------------------------------------------------------------------
+_MAXPOOL = {
+    "max_pool1d": (F.max_pool1d_with_indices, 1), "max_pool2d": (F.max_pool2d_with_indices, 2),
+    "max_pool3d": (F.max_pool3d_with_indices, 3),
+    "max_pool1d_with_indices": (F.max_pool1d_with_indices, 1),
+    "max_pool2d_with_indices": (F.max_pool2d_with_indices, 2),
+    "max_pool3d_with_indices": (F.max_pool3d_with_indices, 3),
+    "_max_pool1d": (F.max_pool1d_with_indices, 1), "_max_pool2d": (F.max_pool2d_with_indices, 2),
+    "_max_pool3d": (F.max_pool3d_with_indices, 3),
+    "adaptive_max_pool1d": (F.adaptive_max_pool1d_with_indices, 1),
+    "adaptive_max_pool2d": (F.adaptive_max_pool2d_with_indices, 2),
+    "adaptive_max_pool3d": (F.adaptive_max_pool3d_with_indices, 3),
+    "adaptive_max_pool1d_with_indices": (F.adaptive_max_pool1d_with_indices, 1),
+    "adaptive_max_pool2d_with_indices": (F.adaptive_max_pool2d_with_indices, 2),
+    "adaptive_max_pool3d_with_indices": (F.adaptive_max_pool3d_with_indices, 3),
+}
+
+
+def _max_pool(func, name, args, kwargs):
+    fwi, nd = _MAXPOOL[name]
+    kwargs = dict(kwargs)
+    x = args[0] if args else kwargs.pop("input")
+    args = list(args[1:]) if args else []
+    if not _is_cd(x) or _count_cd(args, kwargs):
+        raise UnsupportedOperationError("CD: `%s` in %s" % (name, _where()))
+    want_idx = bool(kwargs.pop("return_indices", False))
+    pos_ri = 2 if name.startswith("adaptive") else 6
+    if len(args) >= pos_ri:
+        want_idx = want_idx or bool(args[pos_ri - 1])
+        args = args[: pos_ri - 1]
+    if name.endswith("with_indices"):
+        want_idx = True
+    total = x._rel + x._irr
+    out, idx = fwi(total, *args, **kwargs)
+    sd = idx.dim() - nd
+    fi = idx.flatten(sd)
+    rel = x._rel.flatten(sd).gather(sd, fi).view_as(out)
+    irr = x._irr.flatten(sd).gather(sd, fi).view_as(out)
+    if _STATE.reference and rel.dtype == torch.float64 and _STATE.maxpool_float32:
+        rel = rel.float().double()
+        irr = irr.float().double()
+    res = _new(rel, irr)
+    return (res, idx) if want_idx else res
+
+
+# ---- embedding / lstm ----------------------------------------------------------------
+def _embedding(func, name, args, kwargs):
+    a = _bind(F.embedding, args, kwargs)
+    ids = a["input"]
+    if _is_cd(a["weight"]) or not isinstance(ids, TokenCDTensor):
+        raise UnsupportedOperationError("CD: `embedding` of a decomposed weight in %s" % _where())
+    if a.get("max_norm") is not None:
+        raise UnsupportedOperationError(
+            "CD: `embedding` with max_norm in %s would renormalise (mutate) the weight" % _where())
+    a["input"] = ids._ids
+    with torch._C.DisableTorchFunctionSubclass():
+        e = F.embedding(**a)
+        m = ids._mask.to(e.dtype).unsqueeze(-1)
+        return _new(m * e, (1 - m) * e)
+
+
+def _lstm(func, name, args, kwargs):
+    from .lstm import cd_lstm
+
+    return cd_lstm(args, kwargs, _where())
+
+
+# ---- token ids -----------------------------------------------------------------------
+_TOKEN_SHAPE_OPS = {"__getitem__", "view", "reshape", "transpose", "permute", "t", "contiguous",
+                    "squeeze", "unsqueeze", "clone", "detach", "to", "long", "int", "flatten",
+                    "get:T", "narrow", "select", "expand", "repeat", "flip", "cpu", "cuda"}
+
+
+def _token_dispatch(func, name, args, kwargs):
+    if name == "embedding":
+        return _embedding(func, name, args, kwargs)
+    if name in _TOKEN_SHAPE_OPS and isinstance(args[0], TokenCDTensor):
+        t = args[0]
+        rest = list(args[1:])
+        with torch._C.DisableTorchFunctionSubclass():
+            ids = func(t._ids, *rest, **kwargs)
+            if name in ("to", "long", "int"):
+                mask = t._mask
+            else:
+                mask = func(t._mask, *rest, **kwargs)
+        return TokenCDTensor(ids, mask)
+    raise UnsupportedOperationError(
+        "CD: `%s` on token ids carrying a CD mask in %s; only shape/indexing operations and "
+        "`embedding` are supported on token inputs." % (name, _where()))
+
+
+# --------------------------------------------------------------------------------------
+_HANDLERS: Dict[str, Callable] = {}
+
+for _n in [
+    "mul", "__mul__", "__rmul__", "mul_", "__imul__", "multiply",
+    "matmul", "__matmul__", "__rmatmul__", "mm", "bmm",
+    "neg", "__neg__", "negative", "__pos__", "positive",
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "permute", "transpose",
+    "transpose_", "swapaxes", "swapdims", "movedim", "moveaxis", "t", "t_", "contiguous",
+    "squeeze", "squeeze_", "unsqueeze", "unsqueeze_", "__getitem__", "expand", "expand_as",
+    "repeat", "tile", "flip", "fliplr", "flipud", "roll", "narrow", "select", "chunk", "split",
+    "unbind", "tensor_split", "split_with_sizes", "clone", "detach", "to", "float", "double",
+    "half", "bfloat16", "type_as", "cpu", "cuda", "diagonal", "get:T", "get:mT", "get:data",
+    "mean", "sum", "nansum", "cumsum", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "interpolate",
+    "upsample", "upsample_nearest", "upsample_bilinear", "pixel_shuffle", "pixel_unshuffle",
+    "channel_shuffle", "native_channel_shuffle", "trace",
+]:
+    _HANDLERS[_n] = _unary_linear
+for _n in ["div", "__truediv__", "div_", "__itruediv__", "true_divide", "divide", "__rtruediv__", "__rdiv__"]:
+    _HANDLERS[_n] = _div
+for _n in ["dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"]:
+    _HANDLERS[_n] = _identity
+for _n in _ADD_NAMES | _SUB_NAMES | _RSUB_NAMES:
+    _HANDLERS[_n] = _add_sub
+for _n in ["cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack"]:
+    _HANDLERS[_n] = _joint_linear
+for _n in ["relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_",
+           "clamp", "clamp_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_", "clip", "clip_",
+           "threshold", "threshold_", "rrelu", "rrelu_"]:
+    _HANDLERS[_n] = _activation
+for _n in _CONV_NAMES:
+    _HANDLERS[_n] = _affine
+_HANDLERS["batch_norm"] = _batch_norm
+for _n in _MAXPOOL:
+    _HANDLERS[_n] = _max_pool
+_HANDLERS["pad"] = _pad
+_HANDLERS["embedding"] = _embedding
+_HANDLERS["lstm"] = _lstm
+
+
+# --------------------------------------------------------------------------------------
+def split_output(out) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(rel, irr) of a model output (first tensor of a tuple / namedtuple output)."""
+    if isinstance(out, (tuple, list)) and not isinstance(out, torch.Tensor):
+        out = out[0]
+    if isinstance(out, dict):
+        out = next(iter(out.values()))
+    if _is_cd(out):
+        return out._rel, out._irr
+    if isinstance(out, torch.Tensor):
+        return torch.zeros_like(out), out
+    raise TypeError("CD: the model returned %r, expected a tensor" % type(out))

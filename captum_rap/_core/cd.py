@@ -1,0 +1,361 @@
+"""Contextual decomposition (CD) as a Captum ``Attribution``."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from captum_rap._cd.tensor import (
+    CDTensor,
+    TokenCDTensor,
+    UnsupportedOperationError,
+    cd_context,
+    split_output,
+)
+from captum_rap._compat import (
+    Attribution,
+    _format_additional_forward_args,
+    _format_output,
+    _format_tensor_into_tuples,
+    _is_tuple,
+    log_usage,
+)
+
+__all__ = ["CD", "UnsupportedOperationError", "spans_to_masks"]
+
+
+def spans_to_masks(spans: Sequence[Tuple[int, int]], length: int, dtype=torch.float32,
+                   device=None) -> Tensor:
+    """Binary masks ``(K, length)`` for inclusive ``(start, stop)`` token spans.
+
+    Args:
+        spans (sequence of (int, int)): inclusive word index spans, as in the reference
+            ``cd_text(start, stop)``.
+        length (int): number of token positions.
+
+    Returns:
+        Tensor: ``masks[k, t] = 1`` for ``start_k <= t <= stop_k``.
+
+    Examples::
+
+        >>> spans_to_masks([(0, 0), (1, 3)], 5)
+        tensor([[1., 0., 0., 0., 0.],
+                [0., 1., 1., 1., 0.]])
+    """
+    m = torch.zeros(len(spans), length, dtype=dtype, device=device)
+    for k, (a, b) in enumerate(spans):
+        if not (0 <= a <= b < length):
+            raise ValueError("span %r outside 0..%d" % ((a, b), length - 1))
+        m[k, a:b + 1] = 1
+    return m
+
+
+class _ModelGuard:
+    """Leave the user's model exactly as found (mode, buffers); warn in train mode."""
+
+    def __init__(self, model: Callable, who: str = "CD") -> None:
+        self.model = model
+        self.who = who
+        self.snap = None
+
+    def __enter__(self):
+        m = self.model
+        if isinstance(m, torch.nn.Module):
+            training = [mod for mod in m.modules() if mod.training]
+            if training:
+                warnings.warn(
+                    "%s: the model (or some of its submodules) is in training mode; CD assumes "
+                    "eval-mode layers (batch norm with running statistics, dropout off). Dropout "
+                    "is treated as the identity and batch norm in training mode raises. The model "
+                    "is not switched to eval mode for you." % self.who, stacklevel=3)
+                # BatchNorm increments num_batches_tracked before failing: restore buffers
+                self.snap = [(b, b.detach().clone()) for b in m.buffers()]
+        return self
+
+    def __exit__(self, *exc):
+        if self.snap is not None:
+            with torch.no_grad():
+                for b, v in self.snap:
+                    if not torch.equal(b, v):
+                        b.copy_(v)
+        return False
+
+
+class CD(Attribution):
+    r"""Contextual decomposition (Murdoch et al., ICLR 2018; Singh et al., ICLR 2019).
+
+    For an input ``x`` and a mask ``m`` over its features, CD propagates two tensors
+    through the network, ``rel`` (starting as ``m * x``) and ``irr`` (``(1 - m) * x``), with
+    ``rel + irr`` equal to the true activation at every layer.  The relevant part of the
+    output logits is the CD score of the masked feature group.
+
+    The decomposition follows the **whole** forward pass of an unchanged model: the input
+    is wrapped in a tensor subclass that intercepts every torch function (modules,
+    ``torch.nn.functional`` calls, ``+`` of residual branches, ``torch.cat``, reshapes,
+    in-place activations).  Supported: ``conv1d/2d/3d`` (and transposed), ``linear``,
+    ``batch_norm`` (eval), ReLU family (``relu``, ``relu6``, ``leaky_relu``, ``hardtanh``,
+    ``clamp``, ``threshold``; in-place forms never mutate), max / avg / adaptive pooling,
+    dropout (identity), ``pad``, ``cat``/``stack``, sums and differences, products with
+    constants, all shape operations, ``embedding`` and ``nn.LSTM`` (any number of
+    layers, bidirectional, ``batch_first``).  Anything else touching a decomposed tensor
+    (``sigmoid``, ``gelu``, ``layer_norm``, a product of two decomposed tensors, ...)
+    raises :class:`UnsupportedOperationError` naming the function and the module.
+
+    Layer rules: bias of conv / linear split between the parts proportionally to
+    ``(|W rel| + 1e-20) / (|W rel| + |W irr| + 2e-20)``; batch norm's shift split with
+    ``|r| / (|r| + |i|)`` (``0/0``: all to ``irr``); ReLU family ``rel' = f(rel)``,
+    ``irr' = f(rel + irr) - f(rel)``; max pooling moves both parts with the arg-max of the
+    sum; a constant added to a decomposed tensor goes to ``irr``; LSTM: the reference
+    rules (see :mod:`captum_rap._cd.lstm`).
+
+    Text models: pass integer token ids; the masks are over token positions and the
+    decomposition starts at the embedding (``rel = m_t * E[x_t]``).  Any model built as
+    ``embedding -> nn.LSTM -> (indexing / pooling) -> linear head`` works unchanged, e.g.::
+
+        def forward(self, text):              # text: (T, B) token ids, sequence first
+            out, _ = self.lstm(self.embed(text))
+            return self.hidden_to_label(out[-1])
+
+    use ``batch_dim=1`` for such sequence-first models.
+
+    Args:
+        model (nn.Module or callable): the classifier, used unchanged (never switched to
+            eval mode nor moved; a warning is given if it is in training mode).
+        reference_compatible (bool, optional): reproduce the arithmetic of the reference
+            ``acd`` package exactly: affine layers as ``M(x) - M(0)``, batch norm's
+            irrelevant part as a residual, one mask per forward, float32 masks and (for
+            token inputs, as ``cd_text``) the output layer's bias in neither part.  Only
+            useful to compare with the reference; the default mode computes ``W x``
+            directly, which is better conditioned for localized masks.
+            Default: False
+        batch_size (int, optional): number of masks per forward (each forward carries
+            ``2 * batch_size`` rows: relevant and irrelevant). Default: 32
+        batch_dim (int, optional): batch axis of the model input (1 for sequence-first
+            text models). Default: 0
+
+    Examples::
+
+        >>> model = torchvision.models.vgg16().eval()
+        >>> cd = CD(model)
+        >>> x = torch.randn(1, 3, 224, 224)
+        >>> masks = torch.zeros(2, 1, 224, 224); masks[0, :, :112] = 1; masks[1, :, 112:] = 1
+        >>> rel, irr = cd.decompose(x, masks)          # (2, 1000) each
+        >>> torch.allclose(rel + irr, model(x).expand(2, -1), atol=1e-5)
+        True
+        >>> attr = cd.attribute(x, target=3, feature_mask=segments)   # input-shaped
+    """
+
+    def __init__(self, model: Callable, reference_compatible: bool = False, batch_size: int = 32,
+                 batch_dim: int = 0) -> None:
+        super().__init__(model)
+        self.model = model
+        self.reference_compatible = bool(reference_compatible)
+        self.batch_size = int(batch_size)
+        self.batch_dim = int(batch_dim)
+        self.num_forwards = 0  #: number of decomposed forwards run so far
+        self.num_masks = 0  #: number of masks evaluated so far
+
+    # ------------------------------------------------------------------------------
+    def decompose(
+        self,
+        inputs: Tensor,
+        masks: Optional[Tensor] = None,
+        *,
+        spans: Optional[Sequence[Tuple[int, int]]] = None,
+        additional_forward_args: Any = None,
+        batch_size: Optional[int] = None,
+    ) -> Tuple[Tensor, Tensor]:
+        r"""Relevant and irrelevant output of ``K`` feature groups of one input.
+
+        Args:
+            inputs (Tensor): one input, with a batch axis of size 1 (at ``batch_dim``);
+                float features or integer token ids.
+            masks (Tensor, optional): ``(K, *S)`` with ``S`` the input shape without its
+                batch axis, or broadcastable to it (e.g. ``(K, 1, H, W)`` for images,
+                ``(K, T)`` over token positions).  Values in [0, 1], 1 = relevant.
+            spans (sequence of (int, int), optional): for token inputs, inclusive
+                ``(start, stop)`` token spans instead of ``masks``.
+            additional_forward_args (Any, optional): extra arguments of the model's
+                forward, passed unchanged (tensors are repeated along the batch axis).
+            batch_size (int, optional): masks per forward (default: the constructor's;
+                1 in ``reference_compatible`` mode).
+
+        Returns:
+            (Tensor, Tensor): ``relevant`` and ``irrelevant``, each ``(K, C)`` for a model
+            with ``C`` outputs; ``relevant + irrelevant`` equals the model's output
+            (CNN logits incl. bias) up to rounding.
+
+        Examples::
+
+            >>> rel, irr = CD(model).decompose(x, masks)
+            >>> rel[:, target]          # CD score of every group
+        """
+        bd = self.batch_dim
+        if inputs.shape[bd] != 1:
+            raise ValueError("decompose expects one input (size 1 along batch_dim=%d), got %s"
+                             % (bd, tuple(inputs.shape)))
+        feat_shape = tuple(s for d, s in enumerate(inputs.shape) if d != bd)
+        is_tokens = not (inputs.is_floating_point() or inputs.is_complex())
+        if spans is not None:
+            if masks is not None:
+                raise ValueError("give masks or spans, not both")
+            if len(feat_shape) != 1:
+                raise ValueError("spans need a 1-D token sequence per example")
+            masks = spans_to_masks(spans, feat_shape[0], device=inputs.device)
+        if masks is None:
+            raise ValueError("masks (or spans) are required")
+        masks = torch.as_tensor(masks, device=inputs.device)
+        if masks.dim() == len(feat_shape):  # a single mask
+            masks = masks.unsqueeze(0)
+        K = masks.shape[0]
+        mdtype = torch.float32 if (self.reference_compatible or is_tokens) else inputs.dtype
+        masks = masks.to(mdtype)
+        try:
+            masks = masks.expand((K,) + feat_shape) if masks.shape[1:] != feat_shape else masks
+        except RuntimeError:
+            raise ValueError("masks of shape %s do not broadcast to (K, %s)"
+                             % (tuple(masks.shape), ", ".join(map(str, feat_shape))))
+        bs = 1 if self.reference_compatible else int(batch_size or self.batch_size)
+        afa = _format_additional_forward_args(additional_forward_args)
+        rels, irrs = [], []
+        with _ModelGuard(self.model, "CD"), torch.no_grad(), cd_context(
+            self.model, reference=self.reference_compatible,
+            linear_bias_to_neither=self.reference_compatible and is_tokens,
+        ):
+            for s in range(0, K, bs):
+                m = masks[s:s + bs]
+                k = m.shape[0]
+                m = m.movedim(0, bd)  # batch axis of the masks -> batch_dim
+                x = inputs.expand(*[k if d == bd else -1 for d in range(inputs.dim())])
+                if is_tokens:
+                    cd_in = TokenCDTensor(x.contiguous(), m.contiguous())
+                else:
+                    if self.reference_compatible:
+                        rel0 = m * x
+                        irr0 = (1 - m) * x
+                    else:
+                        rel0 = m * x
+                        irr0 = x - rel0 if bool(((m == 0) | (m == 1)).all()) else (1 - m) * x
+                    cd_in = CDTensor(rel0, irr0)
+                args = (cd_in,) + (tuple(_repeat_args(afa, k, bd)) if afa else ())
+                out = self.model(*args)
+                r, i = split_output(out)
+                rels.append(r.reshape(k, -1) if r.dim() != 2 else r)
+                irrs.append(i.reshape(k, -1) if i.dim() != 2 else i)
+                self.num_forwards += 1
+        self.num_masks += K
+        return torch.cat(rels, 0), torch.cat(irrs, 0)
+
+    # ------------------------------------------------------------------------------
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor]],
+        target: Any = None,
+        feature_mask: Union[None, Tensor, Tuple[Tensor]] = None,
+        additional_forward_args: Any = None,
+        batch_size: Optional[int] = None,
+    ) -> Union[Tensor, Tuple[Tensor]]:
+        r"""CD score of every feature group, spread over the group's features.
+
+        Follows Captum's ``FeatureAblation`` convention: ``feature_mask`` holds integer
+        group ids (broadcastable to the input, one mask per example or shared); each
+        feature of the input receives the CD score (relevant logit of ``target``) of its
+        whole group.  Inputs with a batch of N examples are decomposed one example at a
+        time (all groups of one example in batched forwards).
+
+        Args:
+            inputs (Tensor or tuple of one Tensor): ``(N, ...)`` inputs (float features or
+                integer token ids; the batch axis is ``batch_dim``).
+            target (int, tuple, Tensor or list, optional): output index per example;
+                None: the predicted class (arg-max of the model's output).
+            feature_mask (Tensor or tuple of one Tensor, optional): integer group ids,
+                shape broadcastable to the input (first axis 1 or N).  None: every scalar
+                feature is its own group.
+            additional_forward_args (Any, optional): extra forward arguments.
+            batch_size (int, optional): masks per forward.
+
+        Returns:
+            Tensor or tuple of one Tensor: attributions with the shape of ``inputs``
+            (floating point), in the same format as ``inputs``.
+
+        Examples::
+
+            >>> cd = CD(model)
+            >>> attr = cd.attribute(images, target=labels, feature_mask=superpixels)
+        """
+        is_inputs_tuple = _is_tuple(inputs)
+        inputs_t = _format_tensor_into_tuples(inputs)
+        if len(inputs_t) != 1:
+            raise NotImplementedError("CD.attribute supports a single input tensor")
+        x = inputs_t[0]
+        fm = None
+        if feature_mask is not None:
+            fm = _format_tensor_into_tuples(feature_mask)[0]
+        bd = self.batch_dim
+        N = x.shape[bd]
+        afa = _format_additional_forward_args(additional_forward_args)
+        out_dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+        attr = torch.zeros(x.shape, dtype=out_dtype, device=x.device)
+        feat_shape = tuple(s for d, s in enumerate(x.shape) if d != bd)
+        for n in range(N):
+            xn = x.narrow(bd, n, 1)
+            if fm is None:
+                fmn = torch.arange(int(torch.tensor(feat_shape).prod().item()) if feat_shape else 1,
+                                   device=x.device).reshape(feat_shape)
+            else:
+                f = fm.narrow(bd, n if fm.shape[bd] > 1 else 0, 1) if fm.dim() == x.dim() else fm
+                fmn = f.squeeze(bd) if f.dim() == x.dim() else f
+                fmn = fmn.expand(feat_shape) if fmn.shape != feat_shape else fmn
+            groups = torch.unique(fmn)
+            masks = (fmn.unsqueeze(0) == groups.view((-1,) + (1,) * fmn.dim()))
+            afa_n = _slice_args(afa, n, bd) if afa else None
+            rel, irr = self.decompose(xn, masks, additional_forward_args=afa_n, batch_size=batch_size)
+            t = _target_for(target, n, rel[0] + irr[0])
+            scores = rel[:, t].to(out_dtype)
+            amap = (masks.to(out_dtype) * scores.view((-1,) + (1,) * fmn.dim())).sum(0)
+            idx = [slice(None)] * x.dim()
+            idx[bd] = n
+            attr[tuple(idx)] = amap
+        return _format_output(is_inputs_tuple, (attr,))
+
+    def has_convergence_delta(self) -> bool:
+        return False
+
+
+def _target_for(target, n, logits) -> int:
+    if target is None:
+        return int(torch.argmax(logits).item())
+    if isinstance(target, int):
+        return target
+    if isinstance(target, Tensor):
+        if target.numel() == 1:
+            return int(target.item())
+        return int(target.reshape(-1)[n].item())
+    if isinstance(target, (list, tuple)):
+        t = target[n] if len(target) > n and not isinstance(target, tuple) else target
+        if isinstance(t, tuple):
+            raise NotImplementedError("tuple targets (multi-dimensional outputs) are not supported")
+        return int(t)
+    raise TypeError("unsupported target %r" % (target,))
+
+
+def _repeat_args(afa, k, bd):
+    for a in afa:
+        if isinstance(a, Tensor) and a.dim() > bd and a.shape[bd] == 1:
+            yield a.expand(*[k if d == bd else -1 for d in range(a.dim())])
+        else:
+            yield a
+
+
+def _slice_args(afa, n, bd):
+    out = []
+    for a in afa:
+        if isinstance(a, Tensor) and a.dim() > bd and a.shape[bd] > 1:
+            out.append(a.narrow(bd, n, 1))
+        else:
+            out.append(a)
+    return tuple(out)
