@@ -202,6 +202,8 @@ class LayerInfo:
             layer (true for input layers, and also after parameter-free ops such as an
             in-model scaling or a ReLU).
         index (int): position of this call among the affine layer calls of the forward pass.
+        is_output_layer (bool): the layer's output is the model output (known only after
+            the forward pass; rules read it during the backward pass).
     """
 
     module: Optional[nn.Module]
@@ -210,6 +212,11 @@ class LayerInfo:
     is_input_layer: bool
     is_first_layer: bool
     index: int
+    is_output_layer: bool = False
+    #: for input layers with a rule that needs the input layer (ZBox, Flat, WSquare): 1
+    #: where the layer input holds a model input value, 0 at zero padding added between
+    #: the model input and the layer (ZeroPad2d, F.pad); None when there is no padding.
+    input_mask: Optional[Tensor] = None
 
 
 @dataclass
@@ -221,6 +228,7 @@ class _Node:
     input_ref: Optional[Tensor] = None  # the layer's input tensor (kept for input layers)
     out: Optional[Tensor] = None
     z: Optional[Tensor] = None  # output seen by the rule (differs from out if a BN was merged)
+    r_merged: Optional[Tensor] = None  # relevance at the output of a merged BN
     is_output_layer: bool = False
     seed: Optional[Tensor] = None
 
@@ -233,6 +241,7 @@ class _CallState:
     module_stack: List[str] = field(default_factory=list)
     relevance_hooks: Dict[int, Callable[[_Node, Tensor], Tensor]] = field(default_factory=dict)
     bypass: bool = False
+    leaves: List[Tensor] = field(default_factory=list)  # the floating model inputs (autograd leaves)
 
 
 _TAG = "_captum_rap_tag"
@@ -286,6 +295,9 @@ class _RuleFunction(torch.autograd.Function):
         node: _Node = ctx.node
         if node.seed is not None:
             r_out = node.seed
+        elif node.r_merged is not None:
+            r_out = node.r_merged
+            node.r_merged = None
         else:
             r_out = grad_out * node.out
         hook = node.state.relevance_hooks.get(id(node))
@@ -308,6 +320,23 @@ def _combine(x: Tensor, factor: Optional[Tensor], extra: Optional[Tensor]) -> Te
     if extra is not None:
         rel = rel + extra
     return rel
+
+
+class _MergedBatchNorm(torch.autograd.Function):
+    """A batch norm folded into the preceding layer's rule: the backward pass hands the
+    relevance at the BN output straight to that layer (``node.r_merged``), so relevance
+    also survives where the layer output is exactly 0 but the BN output is not."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, bn: "AffineOp", node: "_Node") -> Tensor:  # type: ignore[override]
+        ctx.node = node
+        return bn.forward(x, bn.weight, bn.bias)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        node = ctx.node
+        node.r_merged = grad * node.z
+        return torch.zeros_like(grad), None, None
 
 
 class _PassThroughActivation(torch.autograd.Function):
@@ -557,6 +586,8 @@ class _PropagationMode(TorchFunctionMode):
             problem = check(info)
             if problem:
                 raise UnsupportedOperationError(f"Rule {rule!r} on module '{mod_name}': {problem}")
+        if is_input and getattr(rule, "needs_input_layer", False):
+            info.input_mask = self._real_input_mask(x)
         node = _Node(info=info, op=op, rule=rule, state=self.state)
         if is_input:
             node.input_ref = x
@@ -564,6 +595,34 @@ class _PropagationMode(TorchFunctionMode):
         out = _RuleFunction.apply(x, node)
         _set_tag(out, self.token, _KIND_ACT, node)
         return out
+
+    def _real_input_mask(self, x: Tensor) -> Optional[Tensor]:
+        """Which entries of an input layer's input are model input values (1) and which are
+        zero padding added by selection ops on the way (0); ``None`` if none is padding.
+
+        ``x`` is a selection (pad, slice, reshape, cat) of the model inputs, i.e. ``x = J u``
+        with a 0/1 matrix ``J``; ``J 1`` is the mask, obtained as the gradient with respect
+        to ``v`` of ``<J^T v, 1>`` (double backward through the selection ops only).
+        Without it, rules that put relevance on inputs that are 0 (ZBox, Flat, WSquare)
+        would give relevance to padding positions, where it is silently lost."""
+        leaves = self.state.leaves
+        self.state.bypass = True
+        try:
+            with torch.enable_grad():
+                v = torch.zeros_like(x, requires_grad=True)
+                grads = torch.autograd.grad(x, leaves, grad_outputs=v, create_graph=True,
+                                            retain_graph=True, allow_unused=True)
+                pairs = [(g, lf) for g, lf in zip(grads, leaves) if g is not None and g.requires_grad]
+                if not pairs:
+                    return None
+                (mask,) = torch.autograd.grad([g for g, _ in pairs], v,
+                                              grad_outputs=[torch.ones_like(lf) for _, lf in pairs],
+                                              allow_unused=True)
+        finally:
+            self.state.bypass = False
+        if mask is None or bool((mask != 0).all()):
+            return None
+        return (mask != 0).to(x.dtype)
 
     def _merge_bn(self, x, producer: "_Node", bn: AffineOp, args, kwargs):
         """Batch norm right after a conv/linear: the rule of the producer sees the merged
@@ -574,7 +633,7 @@ class _PropagationMode(TorchFunctionMode):
         merged = AffineOp(producer.op.kind, w, b, **producer.op.conv_kwargs)
         merged.pre_pad = producer.op.pre_pad
         producer.op = merged
-        out = _PassThroughActivation.apply(x, lambda t: bn.forward(t, bn.weight, bn.bias))
+        out = _MergedBatchNorm.apply(x, bn, producer)
         producer.z = out.detach().clone()
         _set_tag(out, self.token, _KIND_ACT, producer)
         return out
@@ -702,6 +761,7 @@ class Propagator:
                         _set_tag(proxy, state.token, _KIND_INPUT)
                         leaves.append(leaf)
                         proxies.append(proxy)
+                        state.leaves.append(leaf)
                     else:
                         leaves.append(None)
                         proxies.append(inp)
@@ -718,6 +778,7 @@ class Propagator:
                 producer = _producer(outputs, state.token)
                 if producer is not None:
                     producer.is_output_layer = True
+                    producer.info.is_output_layer = True
                     producer.seed = seed
                 grad_seed = safe_divide(seed, outputs.detach())
                 grad_inputs = [lf for lf in leaves if lf is not None]

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ._compat import CaptumIdentityRule, PropagationRule
-from ._engine import AffineOp, LayerInfo, stabilize
+from ._engine import AffineOp, LayerInfo, safe_divide, stabilize
 
 __all__ = [
     "Rule",
@@ -94,6 +94,17 @@ class Rule(PropagationRule):
         return f"{type(self).__name__}({params})"
 
 
+def _divide(relevance: Tensor, z: Tensor, epsilon: float) -> Tensor:
+    """``relevance / stab(z)``.  With ``epsilon == 0`` (LRP-0, unstabilized z+/alpha-beta)
+    outputs with ``z == 0`` pass no relevance (0 instead of 0/0 = NaN): their numerators
+    are all 0 (alpha-beta, z+) or their relevance ``R = grad * z`` is 0 (hidden layers),
+    and a single NaN would otherwise poison the whole map (e.g. a dead receptive field in a
+    bias-free ReLU network)."""
+    if epsilon == 0:
+        return safe_divide(relevance, z)
+    return relevance / stabilize(z, epsilon)
+
+
 def _pos(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.clamp(min=0)
 
@@ -127,7 +138,7 @@ class Epsilon(Rule):
         pass
 
     def propagate(self, op, x, z, relevance, info):
-        s = relevance / stabilize(z, self.epsilon)
+        s = _divide(relevance, z, self.epsilon)
         return op.backward(s, None, x.shape), None
 
 
@@ -164,7 +175,7 @@ class Gamma(Rule):
         wp = w + g * w.clamp(min=0)
         if not self.generalized:
             zz = op.forward(x, wp, b)
-            s = relevance / stabilize(zz, self.epsilon)
+            s = _divide(relevance, zz, self.epsilon)
             return op.backward(s, wp, x.shape), None
         wn = w + g * w.clamp(max=0)
         bp = None if b is None else b + g * b.clamp(min=0)
@@ -172,14 +183,14 @@ class Gamma(Rule):
         pos_out = (z > 0).to(z.dtype)
         neg_out = (z < 0).to(z.dtype)
         if _is_nonneg(x):
-            sp = pos_out * relevance / stabilize(op.forward(x, wp, bp), self.epsilon)
-            sn = neg_out * relevance / stabilize(op.forward(x, wn, bn), self.epsilon)
+            sp = _divide(pos_out * relevance, op.forward(x, wp, bp), self.epsilon)
+            sn = _divide(neg_out * relevance, op.forward(x, wn, bn), self.epsilon)
             return op.backward(sp, wp, x.shape) + op.backward(sn, wn, x.shape), None
         xp, xn = x.clamp(min=0), x.clamp(max=0)
         zp = op.forward(xp, wp, bp) + op.forward(xn, wn, None)
         zn = op.forward(xp, wn, bn) + op.forward(xn, wp, None)
-        sp = pos_out * relevance / stabilize(zp, self.epsilon)
-        sn = neg_out * relevance / stabilize(zn, self.epsilon)
+        sp = _divide(pos_out * relevance, zp, self.epsilon)
+        sn = _divide(neg_out * relevance, zn, self.epsilon)
         f_pos_in = op.backward(sp, wp, x.shape) + op.backward(sn, wn, x.shape)
         f_neg_in = op.backward(sp, wn, x.shape) + op.backward(sn, wp, x.shape)
         return torch.where(x > 0, f_pos_in, f_neg_in), None
@@ -225,13 +236,13 @@ class AlphaBeta(Rule):
         else:
             xp, xn = x.clamp(min=0), x.clamp(max=0)
             zp = op.forward(xp, wp, _pos(b)) + op.forward(xn, wn, None)
-        sp = self.alpha * relevance / stabilize(zp, self.epsilon)
+        sp = _divide(self.alpha * relevance, zp, self.epsilon)
         if self.beta != 0:
             if nonneg:
                 zn = op.forward(x, wn, _neg(b))
             else:
                 zn = op.forward(xp, wn, _neg(b)) + op.forward(xn, wp, None)
-            sn = self.beta * relevance / stabilize(zn, self.epsilon)
+            sn = _divide(self.beta * relevance, zn, self.epsilon)
         if nonneg:
             factor = op.backward(sp, wp, x.shape)
             if self.beta != 0:
@@ -301,8 +312,10 @@ class ZBox(Rule):
         wp, wn = w.clamp(min=0), w.clamp(max=0)
         low = self._bound(self.low, x, torch.min)
         high = self._bound(self.high, x, torch.max)
+        if info.input_mask is not None:  # zero padding before the layer is not a bounded input
+            low, high = low * info.input_mask, high * info.input_mask
         zz = op.forward(x, w, None) - op.forward(low, wp, None) - op.forward(high, wn, None)
-        s = relevance / stabilize(zz, self.epsilon)
+        s = _divide(relevance, zz, self.epsilon)
         extra = -low * op.backward(s, wp, x.shape) - high * op.backward(s, wn, x.shape)
         return op.backward(s, w, x.shape), extra
 
@@ -324,9 +337,10 @@ class Flat(Rule):
 
     def propagate(self, op, x, z, relevance, info):
         ones_w = torch.ones_like(op.weight)
-        zz = op.forward(torch.ones_like(x), ones_w, None)
-        s = relevance / stabilize(zz, self.epsilon)
-        return None, op.backward(s, ones_w, x.shape)
+        real = torch.ones_like(x) if info.input_mask is None else info.input_mask
+        zz = op.forward(real, ones_w, None)
+        s = _divide(relevance, zz, self.epsilon)
+        return None, real * op.backward(s, ones_w, x.shape)
 
 
 class WSquare(Rule):
@@ -345,9 +359,10 @@ class WSquare(Rule):
 
     def propagate(self, op, x, z, relevance, info):
         w2 = op.weight * op.weight
-        zz = op.forward(torch.ones_like(x), w2, None)
-        s = relevance / stabilize(zz, self.epsilon)
-        return None, op.backward(s, w2, x.shape)
+        real = torch.ones_like(x) if info.input_mask is None else info.input_mask
+        zz = op.forward(real, w2, None)
+        s = _divide(relevance, zz, self.epsilon)
+        return None, real * op.backward(s, w2, x.shape)
 
 
 class PassThrough(Rule, CaptumIdentityRule):
@@ -389,6 +404,30 @@ def Alpha2_Beta1_Rule(epsilon: float = 1e-6, bias: bool = True) -> AlphaBeta:  #
     return AlphaBeta(2.0, 1.0, epsilon=epsilon, bias=bias)
 
 
+class _CaptumWeightRule(Rule):
+    """The meaning of Captum's weight-manipulating rules (``GammaRule``,
+    ``Alpha1_Beta0_Rule``) as Captum's ``LRP`` computes them: the layer with modified
+    weights ``w' = f(W)`` and the *unmodified* bias (or none with ``set_bias_to_zero``) is
+    applied to the original input, ``R_j = Σ_k x_j w'_kj R_k / stab(Σ_i x_i w'_ki + b_k)``.
+    (Captum's ``Alpha1_Beta0_Rule`` keeps the full signed bias and the signed input, so it
+    is not :class:`ZPlus`, which uses ``b⁺`` and ``x⁻W⁻``.)"""
+
+    def __init__(self, weight_fn, epsilon: float, use_bias: bool, name: str) -> None:
+        self.weight_fn = weight_fn
+        self.epsilon = epsilon
+        self.use_bias = use_bias
+        self.STABILITY_FACTOR = epsilon
+        self._name = name
+
+    def propagate(self, op, x, z, relevance, info):
+        w = self.weight_fn(op.weight)
+        zz = op.forward(x, w, op.bias if self.use_bias else None)
+        return op.backward(_divide(relevance, zz, self.epsilon), w, x.shape), None
+
+    def __repr__(self) -> str:
+        return self._name
+
+
 def from_captum_rule(rule: Any) -> Any:
     """Translate one of Captum's own rule objects into the equivalent captum_rap rule.
 
@@ -403,7 +442,10 @@ def from_captum_rule(rule: Any) -> Any:
     if isinstance(rule, CaptumEpsilonRule):
         return Epsilon(rule.STABILITY_FACTOR)
     if isinstance(rule, CaptumGammaRule):
-        return Gamma(rule.gamma, epsilon=1e-9, generalized=False)
+        gamma = rule.gamma
+        return _CaptumWeightRule(lambda w: w + gamma * w.clamp(min=0), rule.STABILITY_FACTOR,
+                                 not getattr(rule, "set_bias_to_zero", False), repr(rule))
     if isinstance(rule, CaptumAlpha1Beta0Rule):
-        return ZPlus(epsilon=1e-9)
+        return _CaptumWeightRule(lambda w: w.clamp(min=0), rule.STABILITY_FACTOR,
+                                 not getattr(rule, "set_bias_to_zero", False), repr(rule))
     raise TypeError(f"Unsupported rule object {rule!r}: use a captum_rap.rules rule.")

@@ -1,0 +1,286 @@
+"""Relative Attributing Propagation (Nam et al., AAAI 2020, arXiv 1904.00605)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .._compat import TargetType, log_usage
+from .._engine import AffineOp, LayerInfo, safe_divide, stabilize
+from ..rules import Rule
+from ._propagation import PropagationAttribution, SeedType
+
+
+def _divide(a: Tensor, b: Tensor, eps: float) -> Tensor:
+    """The reference's ``safe_divide`` (0 where ``b == 0``) or, with ``eps > 0``, the
+    sign-preserving stabilized ``a / (b + eps·sign(b))`` (still 0 where ``b == 0``)."""
+    if eps > 0:
+        return safe_divide(a, b + eps * torch.sign(b))
+    return safe_divide(a, b)
+
+
+def _per_sample_sum(t: Tensor) -> Tensor:
+    return t.reshape(t.shape[0], -1).sum(1).view((-1,) + (1,) * (t.dim() - 1))
+
+
+def uniform_shift(c: Tensor, r_total: Tensor) -> Tensor:
+    """RAP's uniform shifting: subtract ``(Σ C − Σ R) / #{C ≠ 0}`` from every non-zero
+    entry of ``C`` (per example), so that ``Σ C = Σ R``.  An all-zero ``C`` stays zero."""
+    nonzero = (c != 0).to(c.dtype)
+    count = _per_sample_sum(nonzero)
+    surplus = _per_sample_sum(c) - r_total
+    return c - safe_divide(surplus, count) * nonzero
+
+
+class RAPRule(Rule):
+    """The per-layer rules of RAP as computed by the official implementation (see
+    :class:`RAP` for the list).  One object serves every layer; it dispatches on
+    :class:`~captum_rap._engine.LayerInfo`.
+
+    Args:
+        stabilizer (float): 0 reproduces the reference (exact-zero guarded divisions);
+            ``> 0`` adds a sign-preserving ``stabilizer`` to every division, including the
+            relevance density at residual additions.
+    """
+
+    def __init__(self, stabilizer: float = 0.0) -> None:
+        self.stabilizer = stabilizer
+        self.STABILITY_FACTOR = stabilizer
+
+    def check_layer(self, info: LayerInfo) -> Optional[str]:
+        return None
+
+    # -- density helper ---------------------------------------------------------------
+    def _out(self, x: Tensor, rel: Tensor, info: LayerInfo):
+        """Return relevance ``rel`` as ``(factor, extra)``; with a stabilizer the density
+        is ``rel / stab(x)``."""
+        if self.stabilizer > 0 and not info.is_input_layer:
+            # stabilized density R / (x + eps·sign(x)); the relevance this removes from
+            # units with |x| ~ eps is given back in proportion to |x| (so the layer still
+            # conserves and no unit's density explodes at a near-cancelling residual sum)
+            density = _divide(rel, x, self.stabilizer)
+            lost = _per_sample_sum(rel) - _per_sample_sum(x * density)
+            density = density + torch.sign(x) * safe_divide(lost, _per_sample_sum(x.abs()))
+            return density, None
+        return None, rel
+
+    def propagate(self, op: AffineOp, x: Tensor, z: Tensor, relevance: Tensor, info: LayerInfo):
+        if op.kind == "batchnorm":
+            # reference: R * [x * w != 0] (beta is subtracted and added back; no effect).
+            # Relevance at inputs that are exactly 0 (e.g. a bias-free conv over a dead
+            # region, or concatenated ReLU outputs) would be lost there; it is given back
+            # by RAP's own uniform shift over the non-zero inputs, so the layer conserves.
+            keep = (op.weight != 0).view((1, -1) + (1,) * (x.dim() - 2)) & (x != 0)
+            kept = relevance * keep.to(x.dtype)
+            if bool((kept != relevance).any()):
+                kept = uniform_shift(kept, _per_sample_sum(relevance))
+            return self._out(x, kept, info)
+        if info.is_output_layer and op.kind == "linear":
+            return self._out(x, self._first_prop(op, x, z, relevance), info)
+        if info.is_input_layer:
+            return None, self._zb(op, x, relevance)
+        return self._out(x, self._hidden(op, x, relevance), info)
+
+    # -- output layer: first_prop + redistribute ---------------------------------------
+    def _first_prop(self, op: AffineOp, x: Tensor, z: Tensor, relevance: Tensor) -> Tensor:
+        if x.dim() != 2:
+            raise ValueError("RAP's output-layer rule needs a Linear layer on (N, features) inputs")
+        eps = self.stabilizer
+        w_all, b_all = op.weight, op.bias
+        out = torch.zeros_like(x)
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        for n, t in (relevance != 0).nonzero(as_tuple=False).tolist():
+            # the reference seeds with the one-hot T and ends with sum(R) = y_t; a seed of
+            # another magnitude scales the map by seed / y_t (linear extension)
+            scale = _divide(relevance[n, t], z[n, t], eps)
+            w = w_all[t]
+            wp, wn = w.clamp(min=0), w.clamp(max=0)
+            c = x[n] * w
+            pos = (xp[n] * wp + xn[n] * wn).sum()
+            neg = (xp[n] * wn + xn[n] * wp).sum()
+            bias = b_all[t] if b_all is not None else torch.zeros((), dtype=x.dtype, device=x.device)
+            b_pos = bias * _divide(pos, pos + neg, eps)
+            b_neg = bias * _divide(neg, pos + neg, eps)
+            c1 = xp[n] * wp
+            c2 = xp[n] * wn
+            cc = c + c1 * _divide(b_pos, c1.sum(), eps) + c2 * _divide(b_neg, c2.sum(), eps)
+            total = cc.sum()
+            r = cc.abs() * _divide(total, cc.abs().sum(), eps)
+            out[n] = out[n] + scale * r
+        return out
+
+    # -- input layer: z^B with per-example scalar bounds -------------------------------
+    def _zb(self, op: AffineOp, x: Tensor, relevance: Tensor) -> Tensor:
+        flat = x.detach().reshape(x.shape[0], -1)
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        low = flat.min(1)[0].view(shape).expand_as(x)
+        high = flat.max(1)[0].view(shape).expand_as(x)
+        w = op.weight
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        zz = op.forward(x, w, None) - op.forward(low, wp, None) - op.forward(high, wn, None)
+        s = _divide(relevance, zz, self.stabilizer)
+        return (x * op.backward(s, w, x.shape) - low * op.backward(s, wp, x.shape)
+                - high * op.backward(s, wn, x.shape))
+
+    # -- hidden layers: pos_prop on both input-sign branches, then one uniform shift ----
+    def _hidden(self, op: AffineOp, x: Tensor, relevance: Tensor) -> Tensor:
+        eps = self.stabilizer
+        w = op.weight
+        wp, wn_abs = w.clamp(min=0), -w.clamp(max=0)
+        r_pos, r_neg = relevance.clamp(min=0), relevance.clamp(max=0)
+        total = torch.zeros_like(x)
+        branches = [x.clamp(min=0)]
+        if not bool((x >= 0).all()):
+            branches.append(-x.clamp(max=0))
+        for xb in branches:
+            a = op.forward(xb, wp, None)
+            b = op.forward(xb, wn_abs, None)
+            if op.kind == "linear":
+                # reference Linear.pos_prop: a/A * R + b/(A+B) * R
+                g = op.backward(_divide(relevance, a, eps), wp, x.shape) + \
+                    op.backward(_divide(relevance, a + b, eps), wn_abs, x.shape)
+            else:
+                # reference Conv2d.pos_prop: a/A * R+ + b/B * R- + b/(A+B) * R
+                g = op.backward(_divide(r_pos, a, eps), wp, x.shape) + \
+                    op.backward(_divide(r_neg, b, eps), wn_abs, x.shape) + \
+                    op.backward(_divide(relevance, a + b, eps), wn_abs, x.shape)
+            total = total + xb * g
+        return uniform_shift(total, _per_sample_sum(relevance))
+
+
+class RAP(PropagationAttribution):
+    r"""Relative Attributing Propagation (Nam, Gur, Choi, Wolf, Lee; AAAI 2020).
+
+    Returns signed input relevance: positive = relevant, negative = irrelevant evidence
+    for the target.  The relevance of each example sums to the target logit (as in the
+    reference implementation).
+
+    The default reproduces the official PyTorch code (wjNam/Relative_Attributing_Propagation)
+    layer by layer, quirks included:
+
+    * output ``Linear`` (the layer whose output is the model output): ``first_prop`` —
+      the target bias is split over positive/negative contributions, then every input gets
+      ``|c'_j| · Σc' / Σ|c'|`` ("absolute influence normalisation");
+    * hidden ``Conv``/``Linear``: biases ignored; positive relevance goes to the positive
+      contributions and negative relevance to the negative ones, plus a share
+      ``B/(A+B)`` of ``R`` to the negative contributors, then the *uniform shift*
+      ``C ← C − (ΣC − ΣR)/#{C≠0}`` on non-zero entries.  Hidden ``Linear`` layers use the
+      reference's Linear variant (``R`` instead of ``R⁺``/``R⁻``);
+    * input layer: ``z^B`` with per-example scalar bounds (min / max of the input);
+    * batch norm: pass-through; ReLU / dropout: identity; max pooling: winner-take-all;
+      average pooling and residual additions: the signed z-rule.
+
+    Where the reference is undefined or broken this implementation does the principled
+    thing: layers with signed inputs get *one* uniform shift over both input-sign branches
+    (the reference shifts each branch to ``ΣR`` and returns ``2·ΣR``; identical for the
+    non-negative inputs of torchvision VGG/ResNet); BasicBlock ResNets (the reference
+    crashes) use the same residual z-rule as Bottlenecks; non-square inputs and any
+    convolution geometry are supported; the input layer is the layer that reads the input
+    (not "any conv with 3 input channels"); a model whose last operation is not a
+    ``Linear`` is seeded with the target logit and all its layers use the hidden rule.
+
+    Args:
+        model (nn.Module): the unchanged model (call ``eval()`` first).
+        stabilizer (float): 0 (default) = reference arithmetic (divisions guarded only
+            against exact zeros).  A small positive value (e.g. ``1e-6`` relative to your
+            activations) adds a sign-preserving epsilon to every division, including the
+            relevance split at residual additions; it keeps float32 maps close to float64
+            ones on deep residual nets where the reference is ill-conditioned, at the cost
+            of exact conservation.
+
+    Examples::
+
+        >>> from captum_rap import RAP
+        >>> rap = RAP(model.eval())
+        >>> attr = rap.attribute(x)                 # predicted class
+        >>> attr, delta = rap.attribute(x, target=281, return_convergence_delta=True)
+    """
+
+    method_name = "RAP"
+
+    def __init__(self, model: nn.Module, stabilizer: float = 0.0) -> None:
+        super().__init__(model)
+        if stabilizer < 0:
+            raise ValueError(f"stabilizer must be >= 0, got {stabilizer}")
+        self.stabilizer = stabilizer
+        self._rule = RAPRule(stabilizer)
+
+    def _rule_for(self, info: LayerInfo) -> Any:
+        return self._rule
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor, ...]],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_convergence_delta: bool = False,
+    ):
+        r"""RAP relevance of every input feature.
+
+        Args:
+            inputs (Tensor or tuple of Tensor): model input(s), batch first.
+            target (int, tuple, Tensor or list, optional): output index per Captum's
+                conventions; ``None`` = the predicted class (as the reference).
+            additional_forward_args (Any, optional): extra model arguments.
+            return_convergence_delta (bool, optional): also return ``Σ relevance − logit``
+                per example.
+
+        Returns:
+            *Tensor* or *tuple of Tensor* of the inputs' shapes (signed relevance).
+
+        Examples::
+
+            >>> pos_neg = RAP(model).attribute(x, target=3)
+            >>> relevant, irrelevant = pos_neg.clamp(min=0), pos_neg.clamp(max=0)
+        """
+        with torch.enable_grad():
+            rel, outputs, seed, is_tuple = self._propagate(inputs, target, additional_forward_args)
+        return self._format(rel, outputs, seed, is_tuple, return_convergence_delta)
+
+
+class LayerRAP(RAP):
+    r"""RAP relevance at the output (or input) of a hidden ``layer``.
+
+    Args:
+        model (nn.Module): the model.
+        layer (nn.Module): a submodule of ``model`` (relevances of repeated calls are summed).
+        stabilizer (float): as for :class:`RAP`.
+
+    Examples::
+
+        >>> LayerRAP(model, model.layer4).attribute(x, target=5)
+    """
+
+    method_name = "LayerRAP"
+
+    def __init__(self, model: nn.Module, layer: nn.Module, stabilizer: float = 0.0) -> None:
+        super().__init__(model, stabilizer)
+        self.layer = layer
+
+    @log_usage()
+    def attribute(  # type: ignore[override]
+        self,
+        inputs: Union[Tensor, Tuple[Tensor, ...]],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_convergence_delta: bool = False,
+        attribute_to_layer_input: bool = False,
+    ):
+        r"""RAP relevance at the layer.
+
+        Args:
+            inputs, target, additional_forward_args: as for :meth:`RAP.attribute`.
+            return_convergence_delta (bool): also return the layer relevance sum minus the
+                target logit, per example.
+            attribute_to_layer_input (bool): relevance at the layer input instead of output.
+
+        Returns:
+            *Tensor* of the layer output (or input) shape.
+        """
+        from .lrp import layer_attribute
+
+        return layer_attribute(self, self.layer, inputs, target, additional_forward_args,
+                               return_convergence_delta, attribute_to_layer_input, None)
