@@ -5,6 +5,7 @@ objects that run on unchanged PyTorch models.
 """
 
 from ._core.lrp import LRP, LayerLRP
+from ._core.rap import RAP, LayerRAP
 from ._engine import UnsupportedOperationError
 from .composites import Composite, get_composite
 
@@ -13,6 +14,8 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "LRP",
     "LayerLRP",
+    "RAP",
+    "LayerRAP",
     "Composite",
     "get_composite",
     "UnsupportedOperationError",

@@ -21,6 +21,12 @@ def _divide(a: Tensor, b: Tensor, eps: float) -> Tensor:
     return safe_divide(a, b)
 
 
+def _nan_reduce(flat: Tensor, reduce) -> Tensor:
+    """Per-row min / max ignoring NaN entries."""
+    fill = float("inf") if reduce is torch.min else float("-inf")
+    return reduce(torch.nan_to_num(flat, nan=fill), dim=1)[0]
+
+
 def _per_sample_sum(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1).sum(1).view((-1,) + (1,) * (t.dim() - 1))
 
@@ -44,6 +50,10 @@ class RAPRule(Rule):
             ``> 0`` adds a sign-preserving ``stabilizer`` to every division, including the
             relevance density at residual additions.
     """
+
+    #: the input layer gets z^B, which puts relevance on zero inputs: the engine then
+    #: tells which entries of the layer input are zero padding (``info.input_mask``)
+    needs_input_layer = True
 
     def __init__(self, stabilizer: float = 0.0) -> None:
         self.stabilizer = stabilizer
@@ -80,7 +90,7 @@ class RAPRule(Rule):
         if info.is_output_layer and op.kind == "linear":
             return self._out(x, self._first_prop(op, x, z, relevance), info)
         if info.is_input_layer:
-            return None, self._zb(op, x, relevance)
+            return None, self._zb(op, x, relevance, info.input_mask)
         return self._out(x, self._hidden(op, x, relevance), info)
 
     # -- output layer: first_prop + redistribute ---------------------------------------
@@ -112,11 +122,17 @@ class RAPRule(Rule):
         return out
 
     # -- input layer: z^B with per-example scalar bounds -------------------------------
-    def _zb(self, op: AffineOp, x: Tensor, relevance: Tensor) -> Tensor:
-        flat = x.detach().reshape(x.shape[0], -1)
+    def _zb(self, op: AffineOp, x: Tensor, relevance: Tensor, mask: Optional[Tensor]) -> Tensor:
+        # bounds: min / max over the example; zero padding between the model input and the
+        # layer (e.g. a ZeroPad2d module) is padding for x, low and high alike, as the
+        # reference's own conv padding is
+        flat = x.detach() if mask is None else x.detach().masked_fill(mask == 0, float("nan"))
+        flat = flat.reshape(x.shape[0], -1)
         shape = (-1,) + (1,) * (x.dim() - 1)
-        low = flat.min(1)[0].view(shape).expand_as(x)
-        high = flat.max(1)[0].view(shape).expand_as(x)
+        low = _nan_reduce(flat, torch.min).view(shape).expand_as(x)
+        high = _nan_reduce(flat, torch.max).view(shape).expand_as(x)
+        if mask is not None:
+            low, high = low * mask, high * mask
         w = op.weight
         wp, wn = w.clamp(min=0), w.clamp(max=0)
         zz = op.forward(x, w, None) - op.forward(low, wp, None) - op.forward(high, wn, None)
