@@ -4,8 +4,12 @@ RAP, LRP rules and presets, CLRP/SGLRP and CD/ACD, all as Captum ``Attribution``
 objects that run on unchanged PyTorch models.
 """
 
+from ._core.clrp import CLRP
 from ._core.lrp import LRP, LayerLRP
 from ._core.rap import RAP, LayerRAP
+from ._core.cd import CD
+from ._core.acd import ACD, ACDHierarchy
+from ._core.sglrp import SGLRP
 from ._engine import UnsupportedOperationError
 from .composites import Composite, get_composite
 
@@ -16,6 +20,11 @@ __all__ = [
     "LayerLRP",
     "RAP",
     "LayerRAP",
+    "CD",
+    "ACD",
+    "ACDHierarchy",
+    "CLRP",
+    "SGLRP",
     "Composite",
     "get_composite",
     "UnsupportedOperationError",

@@ -53,7 +53,10 @@ class _State(threading.local):
         self.linear_bias_to_neither = False
         self.module_stack: List[str] = []
         self.names: Dict[int, str] = {}
-        self.maxpool_float32 = False
+        # testing aid: record / replay the max-pool arg-max indices (exact ties in the
+        # true activation are broken by rounding noise, differently in each arithmetic)
+        self.pool_record: Optional[List[torch.Tensor]] = None
+        self.pool_replay: Optional[List[torch.Tensor]] = None
 
 
 _STATE = _State()
@@ -71,7 +74,7 @@ def cd_context(model: torch.nn.Module, reference: bool = False, linear_bias_to_n
     names = {}
     if isinstance(model, torch.nn.Module):
         for n, m in model.named_modules():
-            names.setdefault(id(m), n if n else type(model).__name__)
+            names.setdefault(id(m), n if n else "model")
     old = (_STATE.reference, _STATE.linear_bias_to_neither, _STATE.module_stack, _STATE.names)
     _STATE.reference = reference
     _STATE.linear_bias_to_neither = linear_bias_to_neither
@@ -171,11 +174,6 @@ def _is_cd(x) -> bool:
     return isinstance(x, CDTensor)
 
 
-def _plain(x):
-    """Unwrap for metadata calls."""
-    return x
-
-
 def _func_name(func) -> str:
     name = getattr(func, "__name__", None)
     if name == "__get__":
@@ -192,6 +190,9 @@ _META = {
     "is_complex", "element_size", "get_device", "stride", "storage_offset", "__len__",
     "__hash__", "data_ptr", "is_signed", "has_names", "__format__", "requires_grad_",
     "is_inference", "untyped_storage",
+    # factories that only use shape / dtype / device: their results are constants
+    "new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "zeros_like", "ones_like",
+    "empty_like", "full_like", "rand_like", "randn_like", "randint_like",
 }
 _META_GETTERS_LINEAR = {"get:T", "get:mT", "get:data", "get:H", "get:mH"}
 
@@ -364,9 +365,8 @@ def _add_sub(func, name, args, kwargs):
     ra, ia = _parts(a)
     rb, ib = _parts(b)
     coef = sign * alpha
-    rel = ra + coef * rb if not (isinstance(rb, int) and rb == 0) else (ra if isinstance(ra, torch.Tensor) else ra + 0 * ia)
-    if not isinstance(rel, torch.Tensor):
-        rel = torch.zeros_like(ib) if isinstance(ib, torch.Tensor) else rel
+    # at least one operand is decomposed, so ``rel`` is a tensor; constants go to ``irr``
+    rel = ra + coef * rb
     irr = ia + coef * ib
     rel, irr = torch.broadcast_tensors(torch.as_tensor(rel), torch.as_tensor(irr))
     out = _new(rel, irr)
@@ -457,18 +457,30 @@ def _activation(func, name, args, kwargs):
         def fn(t):
             return f(t, *rest_a, **kw)
     rel = fn(x._rel)
-    irr = fn(x._rel + x._irr) - rel
+    irr = fn(x._rel + x._irr)
+    irr = irr.sub_(rel) if irr.shape == rel.shape and irr.dtype == rel.dtype else irr - rel
     out = _new(rel, irr)
     return _set_inplace(x, out) if inplace else out
 
 
 # ---- affine maps: conv / linear / batch norm ----------------------------------------
 def _split_bias(r, i, b):
+    """Reference arithmetic: ``r + (|r|+eps)/(|r|+|i|+2eps) * b`` (and for ``i``)."""
     ar, ai = r.abs(), i.abs()
     den = ar + ai + 2 * EPS
     pr = (ar + EPS) / den
     pi = (ai + EPS) / den
     return r + pr * b, i + pi * b
+
+
+def _split_bias_fast(r, i, b):
+    """Same split with fewer temporaries (``b / den`` computed once; equal up to rounding)."""
+    ar = r.abs()
+    ai = i.abs()
+    w = torch.add(ar, ai).add_(2 * EPS).reciprocal_().mul_(b)
+    rel = ar.add_(EPS).mul_(w).add_(r)
+    irr = ai.add_(EPS).mul_(w).add_(i)
+    return rel, irr
 
 
 _CONV_NAMES = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear"}
@@ -495,15 +507,22 @@ def _affine(func, name, args, kwargs):
     if _STATE.reference:
         if name == "linear" and _STATE.linear_bias_to_neither:
             return _new(func(x._rel, weight, None, *rest, **kwargs), func(x._irr, weight, None, *rest, **kwargs))
-        zero = func(torch.zeros_like(x._irr), weight, bias, *rest, **kwargs)
-        r = func(x._rel, weight, bias, *rest, **kwargs) - zero
-        i = func(x._irr, weight, bias, *rest, **kwargs) - zero
-        if bias is None:
+        r = func(x._rel, weight, bias, *rest, **kwargs)
+        i = func(x._irr, weight, bias, *rest, **kwargs)
+        if bias is None:  # M(0) = 0
             return _new(r, i)
+        # M(0) of a zero-padded conv / linear is the bias broadcast, bit for bit
+        # (the reference computes it with a forward of zeros)
+        shape = [1] * r.dim()
+        shape[-1 if name == "linear" else (1 if x._rel.dim() == weight.dim() else 0)] = -1
+        zero = bias.view(shape).expand_as(r)
+        r = r - zero
+        i = i - zero
         rel, irr = _split_bias(r, i, zero)
         return _new(rel, irr)
     n = x._rel.shape[0] if x._rel.dim() > 0 else 0
-    if x._rel.dim() >= 2 or name == "linear":
+    batched = x._rel.dim() >= 2 if name == "linear" else x._rel.dim() == weight.dim()
+    if batched:
         both = func(torch.cat([x._rel, x._irr], 0), weight, None, *rest, **kwargs)
         r, i = both[:n], both[n:]
     else:
@@ -518,7 +537,7 @@ def _affine(func, name, args, kwargs):
         shape = [1] * r.dim()
         shape[ch] = -1
         b = bias.view(shape)
-    rel, irr = _split_bias(r, i, b)
+    rel, irr = _split_bias_fast(r, i, b)
     return _new(rel, irr)
 
 
@@ -598,13 +617,14 @@ def _max_pool(func, name, args, kwargs):
         want_idx = True
     total = x._rel + x._irr
     out, idx = fwi(total, *args, **kwargs)
+    if _STATE.pool_replay is not None:
+        idx = _STATE.pool_replay.pop(0)
+    if _STATE.pool_record is not None:
+        _STATE.pool_record.append(idx)
     sd = idx.dim() - nd
     fi = idx.flatten(sd)
     rel = x._rel.flatten(sd).gather(sd, fi).view_as(out)
     irr = x._irr.flatten(sd).gather(sd, fi).view_as(out)
-    if _STATE.reference and rel.dtype == torch.float64 and _STATE.maxpool_float32:
-        rel = rel.float().double()
-        irr = irr.float().double()
     res = _new(rel, irr)
     return (res, idx) if want_idx else res
 

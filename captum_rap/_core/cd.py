@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -132,7 +132,8 @@ class CD(Attribution):
             directly, which is better conditioned for localized masks.
             Default: False
         batch_size (int, optional): number of masks per forward (each forward carries
-            ``2 * batch_size`` rows: relevant and irrelevant). Default: 32
+            ``2 * batch_size`` rows: relevant and irrelevant). Default: 32, and 1 (one
+            mask per forward, as the reference) in ``reference_compatible`` mode
         batch_dim (int, optional): batch axis of the model input (1 for sequence-first
             text models). Default: 0
 
@@ -148,12 +149,12 @@ class CD(Attribution):
         >>> attr = cd.attribute(x, target=3, feature_mask=segments)   # input-shaped
     """
 
-    def __init__(self, model: Callable, reference_compatible: bool = False, batch_size: int = 32,
-                 batch_dim: int = 0) -> None:
+    def __init__(self, model: Callable, reference_compatible: bool = False,
+                 batch_size: Optional[int] = None, batch_dim: int = 0) -> None:
         super().__init__(model)
         self.model = model
         self.reference_compatible = bool(reference_compatible)
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size) if batch_size else (1 if reference_compatible else 32)
         self.batch_dim = int(batch_dim)
         self.num_forwards = 0  #: number of decomposed forwards run so far
         self.num_masks = 0  #: number of masks evaluated so far
@@ -180,8 +181,7 @@ class CD(Attribution):
                 ``(start, stop)`` token spans instead of ``masks``.
             additional_forward_args (Any, optional): extra arguments of the model's
                 forward, passed unchanged (tensors are repeated along the batch axis).
-            batch_size (int, optional): masks per forward (default: the constructor's;
-                1 in ``reference_compatible`` mode).
+            batch_size (int, optional): masks per forward (default: the constructor's).
 
         Returns:
             (Tensor, Tensor): ``relevant`` and ``irrelevant``, each ``(K, C)`` for a model
@@ -218,7 +218,7 @@ class CD(Attribution):
         except RuntimeError:
             raise ValueError("masks of shape %s do not broadcast to (K, %s)"
                              % (tuple(masks.shape), ", ".join(map(str, feat_shape))))
-        bs = 1 if self.reference_compatible else int(batch_size or self.batch_size)
+        bs = int(batch_size or self.batch_size)
         afa = _format_additional_forward_args(additional_forward_args)
         rels, irrs = [], []
         with _ModelGuard(self.model, "CD"), torch.no_grad(), cd_context(
@@ -335,8 +335,10 @@ def _target_for(target, n, logits) -> int:
         if target.numel() == 1:
             return int(target.item())
         return int(target.reshape(-1)[n].item())
-    if isinstance(target, (list, tuple)):
-        t = target[n] if len(target) > n and not isinstance(target, tuple) else target
+    if isinstance(target, tuple):
+        raise NotImplementedError("tuple targets (multi-dimensional outputs) are not supported")
+    if isinstance(target, list):
+        t = target[n] if len(target) > 1 else target[0]
         if isinstance(t, tuple):
             raise NotImplementedError("tuple targets (multi-dimensional outputs) are not supported")
         return int(t)
