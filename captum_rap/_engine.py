@@ -57,8 +57,9 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
 
 def safe_divide(a: Tensor, b: Tensor) -> Tensor:
     """``a / b`` where ``b != 0`` and exactly ``0`` where ``b == 0``."""
-    nz = b != 0
-    return torch.where(nz, a / torch.where(nz, b, torch.ones_like(b)), torch.zeros_like(a))
+    zero = b == 0
+    return (a / b).masked_fill_(zero, 0.0) if zero.shape == torch.broadcast_shapes(a.shape, b.shape) \
+        else torch.where(~zero, a / b, torch.zeros((), dtype=a.dtype, device=a.device))
 
 
 # ----------------------------------------------------------------------------------------

@@ -144,7 +144,8 @@ class RAPRule(Rule):
     def _hidden(self, op: AffineOp, x: Tensor, relevance: Tensor) -> Tensor:
         eps = self.stabilizer
         w = op.weight
-        wp, wn_abs = w.clamp(min=0), -w.clamp(max=0)
+        wp = w.clamp(min=0)
+        wn_abs = wp - w  # |W⁻|
         r_pos, r_neg = relevance.clamp(min=0), relevance.clamp(max=0)
         total = torch.zeros_like(x)
         branches = [x.clamp(min=0)]
@@ -153,15 +154,14 @@ class RAPRule(Rule):
         for xb in branches:
             a = op.forward(xb, wp, None)
             b = op.forward(xb, wn_abs, None)
+            s_ab = _divide(relevance, a + b, eps)
             if op.kind == "linear":
                 # reference Linear.pos_prop: a/A * R + b/(A+B) * R
-                g = op.backward(_divide(relevance, a, eps), wp, x.shape) + \
-                    op.backward(_divide(relevance, a + b, eps), wn_abs, x.shape)
+                g = op.backward(_divide(relevance, a, eps), wp, x.shape) + op.backward(s_ab, wn_abs, x.shape)
             else:
                 # reference Conv2d.pos_prop: a/A * R+ + b/B * R- + b/(A+B) * R
                 g = op.backward(_divide(r_pos, a, eps), wp, x.shape) + \
-                    op.backward(_divide(r_neg, b, eps), wn_abs, x.shape) + \
-                    op.backward(_divide(relevance, a + b, eps), wn_abs, x.shape)
+                    op.backward(_divide(r_neg, b, eps) + s_ab, wn_abs, x.shape)
             total = total + xb * g
         return uniform_shift(total, _per_sample_sum(relevance))
 
