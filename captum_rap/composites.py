@@ -23,6 +23,11 @@ preset                            first layer   Conv           Dense            
 if the first affine layer of a model sits behind a non-selection operation (e.g. an
 in-model normalisation) the box/flat rules cannot be used and the Conv rule applies there.
 ``"zplus_box"`` is the base of CLRP (bias ignored, stabilizer 1e-9, as in the official code).
+
+Every preset takes ``relevance_filter=`` (a fraction such as ``0.1``, or a
+:class:`~captum_rap.rules.RelevanceFilter` template): the relevance at the output of every
+conv/linear layer except the output layer is filtered to its top-k fraction per example
+before the layer's rule redistributes it (see :func:`with_relevance_filter`).
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Optional, Union
 
 from ._engine import LayerInfo
-from .rules import AlphaBeta, Epsilon, Flat, Gamma, PassThrough, Rule, ZBox, ZPlus, from_captum_rule
+from .rules import (AlphaBeta, Epsilon, Flat, Gamma, PassThrough, RelevanceFilter, Rule, ZBox, ZPlus,
+                    from_captum_rule)
 
-__all__ = ["Composite", "PRESETS", "get_composite"]
+__all__ = ["Composite", "PRESETS", "get_composite", "with_relevance_filter", "FilteredComposite"]
 
 
 class Composite:
@@ -86,6 +92,13 @@ class Composite:
         return (f"Composite(name={self.name!r}, first={self._first!r}, conv={self._conv!r}, "
                 f"dense={self._dense!r}, norm={self._norm!r})")
 
+    @property
+    def linear_in_relevance(self) -> bool:
+        """All rules of the composite are linear in the relevance (user rules set with
+        ``module.rule`` are not included)."""
+        rules = (self._first, self._conv, self._dense, self._norm)
+        return all(getattr(r, "linear_in_relevance", True) for r in rules if r is not None)
+
 
 def _epsilon(epsilon=1e-6, **_):
     return Composite(conv=lambda: Epsilon(epsilon), dense=lambda: Epsilon(epsilon), name="epsilon")
@@ -136,13 +149,18 @@ PRESETS: Dict[str, Callable[..., Composite]] = {
 }
 
 
-def get_composite(composite: Union[str, Composite, None] = None, **kwargs: Any) -> Composite:
+def get_composite(composite: Union[str, Composite, None] = None, relevance_filter: Any = None,
+                  **kwargs: Any) -> Composite:
     """Resolve a preset name (with keyword overrides such as ``epsilon=1e-12``,
     ``gamma=0.5``, ``low=-2.1, high=2.6``) or pass a :class:`Composite` through.
+    ``relevance_filter`` (a fraction or a :class:`~captum_rap.rules.RelevanceFilter`
+    template) adds the relevance filter (:func:`with_relevance_filter`).
 
     Raises:
         ValueError: unknown preset name (the message lists the valid ones).
     """
+    if relevance_filter is not None:
+        return with_relevance_filter(get_composite(composite, **kwargs), relevance_filter)
     if composite is None:
         composite = "epsilon"
     if isinstance(composite, Composite):
@@ -159,3 +177,79 @@ def get_composite(composite: Union[str, Composite, None] = None, **kwargs: Any) 
 
 def is_rule(obj: Any) -> bool:
     return isinstance(obj, Rule)
+
+
+class FilteredComposite(Composite):
+    """A composite whose rules are wrapped in a :class:`~captum_rap.rules.RelevanceFilter`
+    (built by :func:`with_relevance_filter`).  Rules attached with ``module.rule`` are
+    wrapped too, unless they already are a ``RelevanceFilter``; batch norm layers are never
+    filtered; the output layer is filtered only if the template says ``output_layer=True``.
+
+    Args:
+        base (Composite): the composite that chooses the rules.
+        template (RelevanceFilter): ``top_k``, ``mode`` and ``output_layer`` of the filter.
+        layers (callable, optional): ``LayerInfo -> bool``, the layers to filter
+            (default: every conv/linear layer).
+    """
+
+    def __init__(self, base: Composite, template: RelevanceFilter,
+                 layers: Optional[Callable[[LayerInfo], bool]] = None) -> None:
+        self.base = base
+        self.template = template
+        self.layers = layers
+        self.name = f"{base.name}+filter"
+        self._wrapped: Dict[int, Any] = {}
+
+    def rule_for(self, info: LayerInfo) -> Any:
+        rule = self.base.rule_for(info)
+        if rule is None or info.kind == "batchnorm" or isinstance(rule, RelevanceFilter):
+            return rule
+        if self.layers is not None and not self.layers(info):
+            return rule
+        wrapped = self._wrapped.get(id(rule))
+        if wrapped is None or wrapped.rule is not rule:
+            t = self.template
+            wrapped = RelevanceFilter(rule, top_k=t.top_k, mode=t.mode, output_layer=t.output_layer)
+            self._wrapped[id(rule)] = wrapped
+        return wrapped
+
+    @property
+    def linear_in_relevance(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"FilteredComposite({self.base!r}, {self.template!r})"
+
+
+def with_relevance_filter(composite: Union[str, Composite], relevance_filter: Any = 0.1,
+                          layers: Optional[Callable[[LayerInfo], bool]] = None) -> Composite:
+    """Add the relevance filter to a composite (any preset, or a :class:`Composite`).
+
+    Args:
+        composite (str or Composite): the base composite.
+        relevance_filter (float, dict or RelevanceFilter): the kept fraction ``top_k``, a dict
+            of :class:`~captum_rap.rules.RelevanceFilter` arguments, or a template
+            ``RelevanceFilter(None, top_k=..., mode=..., output_layer=...)``.
+        layers (callable, optional): ``LayerInfo -> bool`` choosing the filtered layers
+            (default: all conv/linear layers; the output layer only with
+            ``output_layer=True``).
+
+    Returns:
+        Composite: a :class:`FilteredComposite` (the base is not modified).
+
+    Examples::
+
+        >>> comp = with_relevance_filter("epsilon_plus", 0.1)
+        >>> LRP(model, comp).attribute(x, target=3)
+        >>> LRP(model, "epsilon_plus", relevance_filter=0.1)  # the same
+    """
+    if isinstance(relevance_filter, RelevanceFilter):
+        template = relevance_filter
+    elif isinstance(relevance_filter, dict):
+        template = RelevanceFilter(None, **relevance_filter)
+    elif isinstance(relevance_filter, (int, float)) and not isinstance(relevance_filter, bool):
+        template = RelevanceFilter(None, top_k=float(relevance_filter))
+    else:
+        raise TypeError("relevance_filter must be a fraction, a dict of RelevanceFilter arguments or a "
+                        f"RelevanceFilter, got {type(relevance_filter).__name__}")
+    return FilteredComposite(get_composite(composite), template, layers)

@@ -15,6 +15,7 @@ the output relevance ``R`` for a fixed forward pass.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Tuple, Union
 
 import torch
@@ -41,6 +42,7 @@ __all__ = [
     "FlatRule",
     "WSquareRule",
     "IdentityRule",
+    "RelevanceFilter",
 ]
 
 _PropagateResult = Tuple[Optional[Tensor], Optional[Tensor]]
@@ -57,6 +59,11 @@ class Rule(PropagationRule):
     #: the rule returns relevance at positions where the layer input is 0, so it needs the
     #: exact input (layers that read the model input directly)
     needs_input_layer: bool = False
+
+    #: ``R_in`` is linear in ``R_out`` for a fixed forward pass (true for every LRP rule;
+    #: :class:`RelevanceFilter` is not).  Contrastive methods (CLRP, SGLRP) use one
+    #: backward pass with a signed seed only when all rules are linear.
+    linear_in_relevance: bool = True
 
     def propagate(self, op: AffineOp, x: Tensor, z: Tensor, relevance: Tensor,
                   info: LayerInfo) -> _PropagateResult:
@@ -229,8 +236,11 @@ class AlphaBeta(Rule):
     def propagate(self, op, x, z, relevance, info):
         w = op.weight
         b = op.bias if self.bias else None
-        wp, wn = w.clamp(min=0), w.clamp(max=0)
         nonneg = _is_nonneg(x)
+        wp = w.clamp(min=0)
+        # W⁻ is only needed for negative inputs or a beta term (one pass over W less
+        # for the common z⁺ case on post-ReLU inputs)
+        wn = w - wp if (not nonneg or self.beta != 0) else None
         if nonneg:
             zp = op.forward(x, wp, _pos(b))
         else:
@@ -449,3 +459,79 @@ def from_captum_rule(rule: Any) -> Any:
         return _CaptumWeightRule(lambda w: w.clamp(min=0), rule.STABILITY_FACTOR,
                                  not getattr(rule, "set_bias_to_zero", False), repr(rule))
     raise TypeError(f"Unsupported rule object {rule!r}: use a captum_rap.rules rule.")
+
+
+class RelevanceFilter(Rule):
+    r"""Relevance filter: keeps the top-k fraction of the relevance at a layer's output
+    (per example, over all of the layer's output entries), sets the rest to 0, and
+    redistributes what is left with the wrapped ``rule``.
+
+    This is the practice of keeping only the strongest relevance flows layer by layer
+    (``LRP for VGG`` style heatmaps): it sharpens and sparsifies maps.  The filter is *not*
+    linear in the relevance, so contrastive methods built on a filtered composite compute
+    their maps separately (as a stacked batch) instead of in one signed pass.
+
+    Args:
+        rule (Rule or None): the rule that redistributes the filtered relevance.  ``None``
+            makes a template for :func:`captum_rap.composites.with_relevance_filter` /
+            ``relevance_filter=`` (the composite fills in each layer's rule).
+        top_k (float): fraction ``0 < top_k <= 1`` of the entries kept per example (at
+            least one entry).  Default: 0.1.
+        mode (str): ``"value"`` (default) keeps the ``k`` largest values (for positive
+            relevance, as with z+-type rules, these are the largest relevances; kept
+            entries keep their sign); ``"abs"`` keeps the ``k`` entries of largest ``|R|``.
+        output_layer (bool): also filter the seed at the layer that produces the model
+            output (with a one-hot seed this is a no-op anyway).  Default: False.
+
+    Examples::
+
+        >>> model.features[28].rule = RelevanceFilter(ZPlus(), top_k=0.2)
+        >>> LRP(model, "epsilon_plus", relevance_filter=0.1).attribute(x, target=3)
+    """
+
+    linear_in_relevance = False
+
+    def __init__(self, rule: Any = None, top_k: float = 0.1, mode: str = "value",
+                 output_layer: bool = False) -> None:
+        if not 0 < float(top_k) <= 1:
+            raise ValueError(f"RelevanceFilter: top_k must be in (0, 1], got {top_k}")
+        if mode not in ("value", "abs"):
+            raise ValueError(f"RelevanceFilter: mode must be 'value' or 'abs', got {mode!r}")
+        self.rule = None if rule is None else from_captum_rule(rule)
+        self.top_k = float(top_k)
+        self.mode = mode
+        self.output_layer = output_layer
+        self.STABILITY_FACTOR = getattr(self.rule, "STABILITY_FACTOR", 1e-9)
+
+    @property
+    def needs_input_layer(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.rule, "needs_input_layer", False))
+
+    def check_layer(self, info: LayerInfo) -> Optional[str]:
+        if self.rule is None:
+            return "RelevanceFilter(rule=None) is a template; give it the rule to wrap."
+        check = getattr(self.rule, "check_layer", None)
+        return check(info) if check is not None else None
+
+    def filter(self, relevance: Tensor) -> Tensor:
+        """Zero all but the top-k fraction of ``relevance`` (per example)."""
+        n = relevance.shape[0]
+        flat = relevance.reshape(n, -1)
+        k = max(1, int(math.ceil(self.top_k * flat.shape[1])))
+        if k >= flat.shape[1]:
+            return relevance
+        key = flat if self.mode == "value" else flat.abs()
+        idx = key.topk(k, dim=1).indices
+        keep = torch.zeros_like(flat).scatter_(1, idx, 1.0)
+        return (flat * keep).reshape(relevance.shape)
+
+    def propagate(self, op, x, z, relevance, info):
+        if self.rule is None:
+            raise ValueError("RelevanceFilter(rule=None) is a template; give it the rule to wrap.")
+        if self.output_layer or not info.is_output_layer:
+            relevance = self.filter(relevance)
+        return self.rule.propagate(op, x, z, relevance, info)
+
+    def __repr__(self) -> str:
+        return (f"RelevanceFilter({self.rule!r}, top_k={self.top_k!r}, mode={self.mode!r}, "
+                f"output_layer={self.output_layer!r})")

@@ -1,0 +1,259 @@
+"""Shared machinery of the contrastive propagation methods (CLRP, SGLRP).
+
+A contrastive map is ``R_target - R_dual`` where both maps are LRP maps of the same forward
+pass with different starting relevances ("seeds") or, for CLRP2, a different output layer.
+All LRP rules are linear in the relevance for a fixed forward pass, so
+
+* when only the difference is needed, one backward pass with the signed seed
+  ``seed_target - seed_dual`` gives it exactly (CLRP1, SGLRP without scaling);
+* when the two maps are needed separately (normalised or scaled maps, ``return_dual``, or a
+  non-linear base such as the relevance filter), the input is repeated along the batch axis
+  and the two seeds are stacked: one forward and one backward pass of batch ``2N``;
+* CLRP2 (the target neuron with negated weights) is handled by a top-layer rule wrapper:
+  at the output layer it applies the base rule with the original and with the negated
+  weights and hands on their difference (or, stacked, the two halves) to the layers below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .._compat import (
+    TargetType,
+    _expand_additional_forward_args,
+    _format_additional_forward_args,
+    _format_output,
+    _format_tensor_into_tuples,
+    _is_tuple,
+)
+from .._engine import AffineOp, LayerInfo, safe_divide
+from ..composites import Composite, get_composite
+from ._propagation import PropagationAttribution, target_mask
+
+__all__ = ["ContrastiveAttribution", "NegatedOutputLayer"]
+
+
+def _sub(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+    if a is None and b is None:
+        return None
+    if a is None:
+        return -b
+    if b is None:
+        return a
+    return a - b
+
+
+def _cat(a: Optional[Tensor], b: Optional[Tensor], like_a: Tensor, like_b: Tensor) -> Optional[Tensor]:
+    if a is None and b is None:
+        return None
+    a = torch.zeros_like(like_a) if a is None else a
+    b = torch.zeros_like(like_b) if b is None else b
+    return torch.cat([a, b])
+
+
+def negated_op(op: AffineOp) -> AffineOp:
+    """The same affine layer with weight and bias negated (every output neuron ``-z_k``)."""
+    neg = AffineOp.__new__(AffineOp)
+    neg.kind = op.kind
+    neg.weight = -op.weight
+    neg.bias = None if op.bias is None else -op.bias
+    neg.conv_kwargs = dict(op.conv_kwargs)
+    neg.pre_pad = op.pre_pad
+    return neg
+
+
+class NegatedOutputLayer:
+    """Rule wrapper used by CLRP2: on every layer except the output layer it is the wrapped
+    rule; at the output layer it also applies the wrapped rule to the layer with negated
+    weights and bias (the dual concept "not O" of Gu et al.: ``W^L_t -> -W^L_t``) to the
+    same relevance, and returns
+
+    * ``mode="diff"``: ``R_in(W) - R_in(-W)``, the signed contrast, which everything below
+      propagates in one pass (valid because the lower rules are linear);
+    * ``mode="stack"``: for a batch ``[x; x]`` of ``2N`` examples, the first half propagated
+      with ``W`` and the second half with ``-W``.
+
+    Negating the whole layer instead of row ``t`` only is exact for rules in which each
+    output neuron's redistribution depends on its own weights only (all LRP rules here),
+    because only row ``t`` carries relevance.
+    """
+
+    def __init__(self, rule: Any, mode: str, record: List[bool]) -> None:
+        self.rule = rule
+        self.mode = mode
+        self.record = record
+        self.STABILITY_FACTOR = getattr(rule, "STABILITY_FACTOR", 1e-9)
+
+    @property
+    def needs_input_layer(self) -> bool:
+        return bool(getattr(self.rule, "needs_input_layer", False))
+
+    @property
+    def linear_in_relevance(self) -> bool:
+        return bool(getattr(self.rule, "linear_in_relevance", True))
+
+    def check_layer(self, info: LayerInfo) -> Optional[str]:
+        check = getattr(self.rule, "check_layer", None)
+        return check(info) if check is not None else None
+
+    def propagate(self, op: AffineOp, x: Tensor, z: Tensor, relevance: Tensor, info: LayerInfo):
+        if not info.is_output_layer:
+            return self.rule.propagate(op, x, z, relevance, info)
+        self.record.append(True)
+        neg = negated_op(op)
+        if self.mode == "diff":
+            ft, et = self.rule.propagate(op, x, z, relevance, info)
+            fd, ed = self.rule.propagate(neg, x, -z, relevance, info)
+            return _sub(ft, fd), _sub(et, ed)
+        n = x.shape[0] // 2
+        info_t, info_d = info, info
+        if info.input_mask is not None:
+            info_t = dataclasses.replace(info, input_mask=info.input_mask[:n])
+            info_d = dataclasses.replace(info, input_mask=info.input_mask[n:])
+        ft, et = self.rule.propagate(op, x[:n], z[:n], relevance[:n], info_t)
+        fd, ed = self.rule.propagate(neg, x[n:], -z[n:], relevance[n:], info_d)
+        return _cat(ft, fd, x[:n], x[n:]), _cat(et, ed, x[:n], x[n:])
+
+    def __repr__(self) -> str:
+        return f"NegatedOutputLayer({self.rule!r}, mode={self.mode!r})"
+
+
+def logit_target_mask(outputs: Tensor, target: TargetType, method: str) -> Tensor:
+    """One-hot (N, C) mask of the target class (``None``: the predicted class)."""
+    if outputs.dim() != 2 or outputs.shape[1] < 2:
+        raise ValueError(f"{method} contrasts one class against the others and needs model outputs of "
+                         f"shape (N, C) with C >= 2, got {tuple(outputs.shape)}")
+    return target_mask(outputs, target, method)
+
+
+def per_example_sum(rel: Tuple[Tensor, ...], n: int) -> Tensor:
+    """Sum of relevance over all features of all inputs, per example, shape (N,)."""
+    return sum(r.reshape(n, -1).sum(1) for r in rel)
+
+
+def _bcast(v: Tensor, like: Tensor) -> Tensor:
+    return v.view((-1,) + (1,) * (like.dim() - 1))
+
+
+class ContrastiveAttribution(PropagationAttribution):
+    """Base of CLRP and SGLRP: composite handling and the one-pass / stacked propagation."""
+
+    method_name = "contrastive"
+
+    def __init__(self, model: nn.Module, composite: Union[str, Composite, None] = "zplus_box",
+                 merge_batchnorm: bool = True, **composite_kwargs: Any) -> None:
+        super().__init__(model)
+        self.composite = get_composite(composite, **composite_kwargs)
+        self.merge_batchnorm = merge_batchnorm
+
+    def _rule_for(self, info: LayerInfo) -> Any:
+        return self.composite.rule_for(info)
+
+    def base_is_linear(self) -> bool:
+        """Whether every rule that can be used is linear in the relevance (then the
+        contrast of two seeds is one backward pass of their difference)."""
+        if not getattr(self.composite, "linear_in_relevance", True):
+            return False
+        for m in self.model.modules():
+            r = getattr(m, "rule", None)
+            if r is not None and not getattr(r, "linear_in_relevance", True):
+                return False
+        return True
+
+    # -------------------------------------------------------------------------------------
+    def _run(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor, ...]],
+        target: TargetType,
+        additional_forward_args: Any,
+        make_seeds: Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]],
+        stacked: bool,
+        top_layer: Optional[str] = None,
+    ):
+        """Propagate the target and dual seeds.
+
+        Args:
+            make_seeds: ``(outputs, one_hot_mask) -> (seed_target, seed_dual)``, each (N, C).
+            stacked: two maps from a batch ``[x; x]`` (else one pass with the difference).
+            top_layer: ``None`` or ``"negate"`` (CLRP2: the dual uses the negated output layer).
+
+        Returns:
+            ``(maps, outputs, seed_target, seed_dual, is_tuple)`` where ``maps`` is
+            ``(R_target, R_dual)`` (tuples of tensors) when stacked, else
+            ``(R_target - R_dual, None)``.
+        """
+        is_tuple = _is_tuple(inputs)
+        inputs_t = _format_tensor_into_tuples(inputs)
+        n = inputs_t[0].shape[0]
+        seeds: List[Tensor] = []
+
+        rule_for = self._rule_for
+        record: List[bool] = []
+        if top_layer == "negate":
+            mode = "stack" if stacked else "diff"
+
+            def rule_for(info: LayerInfo, _base=self._rule_for) -> Any:  # noqa: F811
+                rule = _base(info)
+                if rule is None or info.kind == "batchnorm":
+                    return rule
+                return NegatedOutputLayer(rule, mode, record)
+
+        if stacked:
+            prop_inputs: Any = tuple(torch.cat([x, x]) for x in inputs_t)
+            afa = _format_additional_forward_args(additional_forward_args)
+            prop_afa = _expand_additional_forward_args(afa, 2) if afa is not None else None
+
+            def seed_fn(outputs: Tensor) -> Tensor:
+                out = outputs[:n]
+                st, sd = make_seeds(out, logit_target_mask(out, target, self.method_name))
+                seeds.extend([st, sd])
+                # CLRP2: the dual half starts from the same score at the negated output layer
+                return torch.cat([st, sd])
+        else:
+            prop_inputs = inputs_t
+            prop_afa = additional_forward_args
+
+            def seed_fn(outputs: Tensor) -> Tensor:
+                st, sd = make_seeds(outputs, logit_target_mask(outputs, target, self.method_name))
+                seeds.extend([st, sd])
+                if top_layer == "negate":  # same seed, the top-layer rule forms the contrast
+                    return st
+                return st - sd
+
+        rel, outputs, _, _ = self._propagate(prop_inputs, None, prop_afa, output_relevance=seed_fn,
+                                             rule_for=rule_for)
+        if top_layer == "negate" and not record:
+            raise ValueError(f"{self.method_name}: variant 2 negates the weights of the layer that "
+                             "produces the model output, but the model output is not produced "
+                             "directly by a Linear/Conv layer")
+        if stacked:
+            outputs = outputs[:n]
+            maps = (tuple(r[:n] for r in rel), tuple(r[n:] for r in rel))
+        else:
+            maps = (tuple(rel), None)
+        return maps, outputs, seeds[0], seeds[1], is_tuple
+
+    @staticmethod
+    def _contrast_delta(diff: Tuple[Tensor, ...], seed_target: Tensor, seed_dual: Tensor) -> Tensor:
+        n = seed_target.shape[0]
+        return per_example_sum(diff, n) - (seed_target - seed_dual).reshape(n, -1).sum(1)
+
+    @staticmethod
+    def _pack(is_tuple: bool, attr: Tuple[Tensor, ...], dual: Optional[Tuple[Tensor, ...]],
+              delta: Optional[Tensor], return_dual: bool, return_convergence_delta: bool):
+        out: List[Any] = [_format_output(is_tuple, attr)]
+        if return_dual:
+            out.append(_format_output(is_tuple, dual))
+        if return_convergence_delta:
+            out.append(delta)
+        return out[0] if len(out) == 1 else tuple(out)
+
+
+def normalized(rel: Tuple[Tensor, ...], n: int) -> Tuple[Tensor, ...]:
+    """Each example's map divided by its total (0 where the total is 0)."""
+    total = per_example_sum(rel, n)
+    return tuple(safe_divide(r, _bcast(total, r).expand_as(r)) for r in rel)

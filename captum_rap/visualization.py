@@ -1,0 +1,158 @@
+"""Figures for signed relevance maps (RAP's relevant / irrelevant parts), built on Captum's
+``visualize_image_attr`` / ``visualize_image_attr_multiple`` (which take HWC numpy arrays)."""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["to_hwc", "positive_negative", "visualize_rap", "visualize_rap_grid"]
+
+ArrayLike = Union[Tensor, np.ndarray]
+
+
+def to_hwc(image: ArrayLike) -> np.ndarray:
+    """(C, H, W) or (1, C, H, W) tensor/array -> (H, W, C) float numpy array.  (H, W, C)
+    arrays and (H, W) maps pass through (a 2-D map gets a channel axis)."""
+    arr = image.detach().cpu().double().numpy() if isinstance(image, Tensor) else np.asarray(image, dtype=float)
+    if arr.ndim == 4:
+        if arr.shape[0] != 1:
+            raise ValueError(f"expected one example, got a batch of {arr.shape[0]}")
+        arr = arr[0]
+    if arr.ndim == 2:
+        return arr[..., None]
+    if arr.ndim != 3:
+        raise ValueError(f"expected an image of 2-4 dims, got shape {arr.shape}")
+    if arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.transpose(arr, (1, 2, 0))
+    return arr
+
+
+def positive_negative(attribution: ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
+    """Channel-summed relevant (positive) and irrelevant (negative) parts of one map, as
+    in the RAP paper's figures: ``(pos, neg)`` with ``pos >= 0`` and ``neg <= 0``, (H, W)."""
+    heat = to_hwc(attribution).sum(-1)
+    return np.clip(heat, 0, None), np.clip(heat, None, 0)
+
+
+def _display_image(original_image: Optional[ArrayLike]) -> Optional[np.ndarray]:
+    if original_image is None:
+        return None
+    img = to_hwc(original_image)
+    lo, hi = float(img.min()), float(img.max())
+    if lo < 0 or hi > 1:  # a normalised network input: rescale to [0, 1] for display
+        img = (img - lo) / (hi - lo if hi > lo else 1.0)
+    if img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+    return img
+
+
+def visualize_rap(
+    attribution: ArrayLike,
+    original_image: Optional[ArrayLike] = None,
+    titles: Optional[Sequence[str]] = None,
+    fig_size: Tuple[int, int] = (12, 3),
+    outlier_perc: float = 1.0,
+    use_pyplot: bool = False,
+    **kwargs: Any,
+):
+    r"""Original image, relevant (positive), irrelevant (negative) and the signed map of one
+    example side by side, as in the RAP paper.
+
+    Args:
+        attribution (Tensor or ndarray): one map, (C, H, W), (1, C, H, W) or (H, W, C).
+        original_image (Tensor or ndarray, optional): the image (any of those layouts; a
+            normalised network input is rescaled to [0, 1] for display).
+        titles (sequence of str, optional): panel titles.
+        fig_size (tuple): matplotlib figure size.
+        outlier_perc (float): Captum's outlier percentile for the colour scale.
+        use_pyplot (bool): draw with pyplot (notebooks) instead of a bare Figure.
+        **kwargs: passed to ``captum.attr.visualization.visualize_image_attr`` (one call
+            per panel; an empty part is drawn as an empty panel).
+
+    Returns:
+        ``(figure, axes)`` from Captum.
+
+    Examples::
+
+        >>> attr = RAP(model).attribute(x, target=281)
+        >>> fig, axes = visualize_rap(attr[0], x[0])
+        >>> fig.savefig("rap.png")
+    """
+    from captum.attr import visualization as viz
+    from matplotlib import pyplot as plt
+    from matplotlib.figure import Figure
+
+    attr = to_hwc(attribution)
+    img = _display_image(original_image)
+    pos, neg = positive_negative(attr)
+    panels = [("heat_map", "positive", "relevant (positive)", bool((pos > 0).any())),
+              ("heat_map", "negative", "irrelevant (negative)", bool((neg < 0).any())),
+              ("heat_map", "all", "signed", bool((pos > 0).any() or (neg < 0).any()))]
+    if img is not None:
+        panels.insert(0, ("original_image", "all", "input", True))
+    names = list(titles) if titles is not None else [p[2] for p in panels]
+    fig = plt.figure(figsize=fig_size) if use_pyplot else Figure(figsize=fig_size)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (method, sign, _, non_empty), title in zip(axes, panels, names):
+        if non_empty:
+            viz.visualize_image_attr(attr, img, method=method, sign=sign, plt_fig_axis=(fig, ax),
+                                     use_pyplot=False, title=title, outlier_perc=outlier_perc, **kwargs)
+        else:  # Captum cannot scale an empty part; show it as an empty panel
+            ax.imshow(np.zeros(attr.shape[:2]), cmap="Greys", vmin=0, vmax=1)
+            ax.set_title(f"{title}: none")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return fig, list(axes)
+
+
+def visualize_rap_grid(
+    attributions: Sequence[ArrayLike],
+    original_image: Optional[ArrayLike] = None,
+    names: Optional[Sequence[str]] = None,
+    cell_size: float = 2.6,
+):
+    r"""Several signed maps of the same image (e.g. RAP vs LRP presets) in one figure:
+    one row per map with its relevant and irrelevant parts, each scaled symmetrically.
+
+    Args:
+        attributions (sequence): maps of one example, each (C, H, W) or (H, W, C).
+        original_image (optional): shown in the first column.
+        names (sequence of str, optional): row labels.
+        cell_size (float): inches per panel.
+
+    Returns:
+        ``(figure, axes)`` (matplotlib).
+    """
+    from matplotlib.figure import Figure
+
+    rows = len(attributions)
+    img = _display_image(original_image)
+    cols = 3 + (img is not None)
+    fig = Figure(figsize=(cell_size * cols, cell_size * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for r, attr in enumerate(attributions):
+        pos, neg = positive_negative(attr)
+        signed = pos + neg
+        lim = float(np.percentile(np.abs(signed), 99.5)) or 1.0
+        c = 0
+        if img is not None:
+            axes[r, 0].imshow(img)
+            c = 1
+        axes[r, c].imshow(pos, cmap="Reds", vmin=0, vmax=lim)
+        axes[r, c + 1].imshow(-neg, cmap="Blues", vmin=0, vmax=lim)
+        axes[r, c + 2].imshow(signed, cmap="bwr", vmin=-lim, vmax=lim)
+        label = names[r] if names is not None else f"map {r}"
+        axes[r, 0].set_ylabel(label)
+        if r == 0:
+            titles = (["input"] if img is not None else []) + ["relevant", "irrelevant", "signed"]
+            for a, t in zip(axes[0], titles):
+                a.set_title(t)
+    for a in axes.flat:
+        a.set_xticks([])
+        a.set_yticks([])
+    fig.tight_layout()
+    return fig, axes
