@@ -13,7 +13,6 @@ Random weights (speed does not depend on them).  Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time

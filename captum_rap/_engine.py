@@ -21,8 +21,6 @@ naming the operation and the module it was called from.
 from __future__ import annotations
 
 import itertools
-import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 from torch import Tensor
 
 __all__ = ["to_hwc", "positive_negative", "visualize_rap", "visualize_rap_grid"]

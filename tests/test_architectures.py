@@ -15,7 +15,6 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from captum_rap import LRP
 

@@ -8,9 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from .._compat import TargetType, log_usage
-from .._engine import AffineOp, LayerInfo, safe_divide, stabilize
+from .._engine import AffineOp, LayerInfo, safe_divide
 from ..rules import Rule
-from ._propagation import PropagationAttribution, SeedType
+from ._propagation import PropagationAttribution
 
 
 def _divide(a: Tensor, b: Tensor, eps: float) -> Tensor:
