@@ -12,6 +12,7 @@ from ._core.acd import ACD, ACDHierarchy
 from ._core.sglrp import SGLRP
 from ._engine import UnsupportedOperationError
 from .composites import Composite, get_composite
+from . import metrics  # noqa: F401  (captum_rap.metrics: region_perturbation, relevance_distribution)
 
 __version__ = "0.1.0.dev0"
 
