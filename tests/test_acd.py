@@ -238,3 +238,26 @@ def test_rotten_tomatoes_demo_lstm():
     t = h.target
     uni = (rel[1:, t] - rel[1:, 1 - t]).detach().numpy()
     assert np.allclose([g.score for g in h.groups(0)], uni, atol=1e-5)
+
+
+def test_establish_correspondence_matches_reference_label_rules():
+    """Labels follow the reference ``agg_2d.establish_correspondence`` + its ``except``
+    fallback: kept labels, new blobs get the smallest free label in 1..11 (last new blob
+    first), raw ``skimage`` labels once the 11 labels run out or a kept label is above 11."""
+    from captum_rap._cd.agglomerate import establish_correspondence, label_components
+
+    prev = np.zeros((3, 9), dtype=np.int64)
+    prev[0, 0] = 5
+    prev[0, 4] = 2
+    comps = label_components(np.array([[1, 1, 0, 0, 1, 0, 1, 0, 1]] * 1 + [[0] * 9] * 2, dtype=bool), 2)
+    out = establish_correspondence(prev, comps)
+    assert out[0, 0] == 5 and out[0, 4] == 2 and out[0, 6] == 3 and out[0, 8] == 1
+    # a blob keeping a raw label above 11 -> the reference raises inside its try: raw labels
+    prev2 = np.zeros_like(prev)
+    prev2[0, 8] = 14
+    assert np.array_equal(establish_correspondence(prev2, comps), comps)
+    # more than 11 blobs -> raw labels
+    many = np.zeros((1, 25), dtype=bool)
+    many[0, ::2] = True
+    c = label_components(many, 2)
+    assert np.array_equal(establish_correspondence(np.zeros_like(c), c), c)

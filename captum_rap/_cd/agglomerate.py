@@ -117,8 +117,11 @@ def smooth_im_thresh(old: np.ndarray, new: np.ndarray) -> np.ndarray:
 def establish_correspondence(prev: np.ndarray, comps: np.ndarray, max_label: int = 11) -> np.ndarray:
     """Relabel ``comps`` so that blobs keep the label of the previous blob they overlap
     (the smallest one when they overlap several); new blobs, taken in reverse raster order,
-    get the smallest label in ``1..max_label`` not used by the relabelled blobs; raw labels
-    when that runs out."""
+    get the smallest label in ``1..max_label`` not used by the relabelled blobs.  Raw
+    labels (``comps`` unchanged) when that runs out or when a kept label is above
+    ``max_label`` (the reference's ``remaining.remove`` / ``min(remaining)`` raise and its
+    caller falls back to the raw labels; once labels went raw they stay raw while a blob
+    keeps a label above ``max_label``)."""
     out = np.zeros_like(comps)
     new_ids = [int(c) for c in np.unique(comps) if c != 0]
     fresh = []
@@ -126,6 +129,8 @@ def establish_correspondence(prev: np.ndarray, comps: np.ndarray, max_label: int
         region = comps == c
         olds = [int(o) for o in np.unique(prev[region]) if o != 0]
         if olds:
+            if min(olds) > max_label:
+                return comps.copy()
             out[region] = min(olds)
         else:
             fresh.append(c)
@@ -184,7 +189,8 @@ def agglomerate_2d(scorer: CachedScorer, grid_shape, label: int, percentile_incl
         blobs = {k: comps == k for k in ids}
         combined = comps > 0
         cands = {k: _neighbour_cells(blobs[k]) for k in ids}
-        ref_calls += len(ids) + 1 + sum(len(c) for c in cands.values())
+        # the reference scores [blob, combined tile, blob + each border cell] per blob
+        ref_calls += 2 * len(ids) + sum(len(c) for c in cands.values())
         # the reference scores every (blob, neighbour cell) pair; only the last blob's gain
         # survives for a cell, and the gains of already selected cells are discarded (NaN):
         # score just the pairs that can change the outcome

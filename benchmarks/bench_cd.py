@@ -1,0 +1,312 @@
+"""CD / ACD benchmarks on VGG16 (random weights, float32), with the reference ``acd`` package
+(PyPI ``acd==0.0.2``) measured in the same run.
+
+    python benchmarks/bench_cd.py            # CD throughput at 224 px + ACD at 112 px (sweep_dim 7)
+    python benchmarks/bench_cd.py --full     # ... + ACD at 224 px (sweep_dim 14): takes long on CPU
+    python benchmarks/bench_cd.py --quick    # tiny run (64 px, 8 masks, 8x8 grid)
+    python benchmarks/bench_cd.py --no-reference   # ours only (no ``acd`` package needed)
+    python benchmarks/bench_cd.py --skip-throughput --acd-size 112 --sweep-dim 14   # smaller ACD grid
+    python benchmarks/bench_cd.py --model small     # toy CNN (2 conv, 2 max-pool), 32 px, 16x16 grid:
+                                                    # the full comparison with acd in ~2 minutes
+
+Durations on 2 shared CPU cores: the reference ``acd`` needs 2-5 s per CD call at 112 px and
+makes ~1500 calls for the 16x16 grid (sweep_dim 7), i.e. about an hour for its hierarchy alone.
+
+Measured:
+
+1. CD throughput: ``CD(model).decompose(x, masks)`` with 64 masks in one call, divided by a
+   plain forward of a batch of 64 images (target <= 3); the reference ``acd.cd`` for ONE mask
+   and for the 64 masks looped (batch 1 each, as its ACD does).
+2. Full ACD hierarchy (the paper's grid: 16x16 blocks, percentile 95, 5 iterations): the
+   reference procedure run by the ``acd`` package itself (``acd.agg_2d.agglomerate``, its CD
+   calls counted by a wrapper), then ours in ``reference_compatible`` mode (one mask per
+   forward, the reference arithmetic), ours in ``reference_compatible`` mode batched, and ours
+   in the default mode (batched, ``W x`` computed directly).  For each: unique CD evaluations,
+   the CD calls the reference procedure makes for the same tree, wall time, and whether the
+   hierarchy equals the reference's (same labelled blobs at every level, and same groups
+   ignoring labels).
+
+The ``acd`` package is a benchmark-only anchor, never imported by ``captum_rap``.  It does not
+run unpatched on a CPU-only machine with numpy 2; the patches, all applied here and only here
+(:func:`load_reference`):
+
+* ``np.int = int`` before importing ``acd`` (``np.int`` was removed in numpy 1.24; ``acd`` uses
+  it in ``agg_1d``/``tiling_1d``/``score_funcs``; not on the 2-D path timed here, set anyway).
+* ``acd.scores.score_funcs.cd`` (the name ``get_scores_2d`` calls) is replaced by a wrapper that
+  forces ``device='cpu'`` (``agg_2d.agglomerate`` does not forward its ``device`` argument to
+  the scoring calls inside its loop nor to ``agglomerate_final``, so they default to
+  ``'cuda'`` and crash) and counts the calls (the number of CD evaluations of the reference).
+* ``model_type=None`` is passed explicitly (the default ``'mnist'`` selects a hard-coded MNIST
+  network) and ``im_orig`` is an ``(H, W)`` array (only its shape is used with ``method='cd'``).
+* ``acd.cd`` calls ``model.eval()`` and ``model.to(device)``: harmless here (the model is
+  already in eval mode on the CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torchvision
+
+from captum_rap import ACD, CD
+
+
+# --------------------------------------------------------------------------------------
+# the reference package, patched for CPU-only / numpy 2 (benchmark only)
+# --------------------------------------------------------------------------------------
+MODEL_NAME = ["VGG16"]
+
+
+class _RefCounter:
+    calls = 0
+
+
+def load_reference():
+    """Import ``acd`` with the patches listed in the module docstring; None if missing."""
+    if not hasattr(np, "int"):
+        np.int = int  # numpy >= 1.24 removed the alias that acd uses
+    try:
+        import acd  # noqa: F401
+        from acd.agglomeration import agg_2d
+        from acd.scores import cd as cd_module
+        from acd.scores import score_funcs
+    except ImportError:
+        return None
+    orig_cd = cd_module.cd
+
+    def counting_cd(im_torch, model, mask=None, model_type=None, device="cuda", transform=None):
+        _RefCounter.calls += 1
+        return orig_cd(im_torch, model, mask, model_type, device="cpu", transform=transform)
+
+    score_funcs.cd = counting_cd  # get_scores_2d (used by agg_2d) calls this name
+    agg_2d.cd = counting_cd  # imported there too (unused by the 2-D path, patched for safety)
+    return {"cd": orig_cd, "agglomerate": agg_2d.agglomerate}
+
+
+# --------------------------------------------------------------------------------------
+def _median_time(fn, repeats, warmup=1):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def small_cnn():
+    """Toy CNN for a fast complete comparison with ``acd`` (32 px RGB input)."""
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(16 * 8 * 8, 10))
+
+
+def _box_masks(n, size, rng):
+    """``n`` random rectangular blobs (binary, (n, 1, size, size))."""
+    m = torch.zeros(n, 1, size, size)
+    for k in range(n):
+        h, w = rng.integers(size // 8, size // 2, size=2)
+        r, c = rng.integers(0, size - h), rng.integers(0, size - w)
+        m[k, :, r:r + h, c:c + w] = 1
+    return m
+
+
+def bench_throughput(model, size, n_masks, ref, ref_repeats, loop_ref, rows):
+    rng = np.random.default_rng(0)
+    x = torch.randn(1, 3, size, size)
+    masks = _box_masks(n_masks, size, rng)
+    xb = x.expand(n_masks, -1, -1, -1).contiguous()
+    with torch.no_grad():
+        t_fwd = _median_time(lambda: model(xb), 1 if n_masks > 8 else 2)
+    cd = CD(model)
+    t_cd = _median_time(lambda: cd.decompose(x, masks), 1 if n_masks > 8 else 2)
+    rel, irr = cd.decompose(x, masks)
+    with torch.no_grad():
+        cons = float((rel + irr - model(x)).abs().max())
+    res = {"fwd": t_fwd, "cd": t_cd, "cons": cons}
+    print("  forward of %d images: %.3f s; CD of %d masks (one decompose call, batch_size=%d): %.3f s "
+          "(%.2fx); conservation max|rel+irr-logits| = %.1e"
+          % (n_masks, t_fwd, n_masks, cd.batch_size, t_cd, t_cd / t_fwd, cons), flush=True)
+    if ref is not None:
+        m0 = masks[0, 0].numpy()[None]
+        t1 = _median_time(lambda: ref["cd"](x, model, m0, None, device="cpu"), ref_repeats)
+        res["ref1"] = t1
+        print("  acd.cd, one mask: %.3f s" % t1, flush=True)
+        if loop_ref:
+            t0 = time.perf_counter()
+            outs = [ref["cd"](x, model, masks[k, 0].numpy()[None], None, device="cpu")[0] for k in range(n_masks)]
+            res["refN"] = time.perf_counter() - t0
+            ref_rel = torch.cat([o.detach() for o in outs])
+            res["maxdiff"] = float((ref_rel - rel).abs().max())
+            print("  acd.cd, %d masks looped: %.2f s; max |rel_ours - rel_acd| = %.2e (max |rel| %.2e)"
+                  % (n_masks, res["refN"], res["maxdiff"], float(rel.abs().max())), flush=True)
+    rows.append(("CD throughput, %s %d px, %d masks" % (MODEL_NAME[0], size, n_masks), res))
+    return res
+
+
+# --------------------------------------------------------------------------------------
+def _groups(comps):
+    """Label-free set of groups of one level."""
+    return frozenset(frozenset(np.flatnonzero(comps == k).tolist()) for k in np.unique(comps) if k != 0)
+
+
+def compare_hierarchies(ours, ref):
+    """(labelled levels equal, label-free groups equal per level, n levels ours / ref,
+    first differing level)."""
+    a = [np.asarray(c) for c in ours["comps_list"][1:]]
+    b = [np.asarray(c) for c in ref["comps_list"][1:]]  # level 0: zeros of im_orig's shape
+    n = min(len(a), len(b))
+    lab = len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+    same_groups = [_groups(x) == _groups(y) for x, y in zip(a[:n], b[:n])]
+    first = next((i + 1 for i, s in enumerate(same_groups) if not s), None)
+    if first is None and len(a) != len(b):
+        first = n + 1
+    nbf = ours["num_before_final"] == ref["num_before_final"]
+    return {"labelled_equal": bool(lab and nbf), "groups_equal": sum(same_groups),
+            "levels": (len(a) + 1, len(b) + 1), "first_diff": first}
+
+
+def _save(save, name, obj):
+    if save:
+        import pickle
+        os.makedirs(save, exist_ok=True)
+        with open(os.path.join(save, name + ".pkl"), "wb") as f:
+            pickle.dump(obj, f)
+
+
+def bench_acd(model, size, sweep_dim, ref, variants, rows, percentile=95, num_iters=5, save=None):
+    torch.manual_seed(1)
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        target = int(model(x).argmax())
+    g = -(-size // sweep_dim)
+    print("\nACD, %s %d px, sweep_dim %d (%dx%d grid), percentile %g, %d iterations, target %d"
+          % (MODEL_NAME[0], size, sweep_dim, g, g, percentile, num_iters, target), flush=True)
+    ref_lists = None
+    if ref is not None:
+        _RefCounter.calls = 0
+        t0 = time.perf_counter()
+        ref_lists = ref["agglomerate"](model, None, percentile, "cd", sweep_dim, np.zeros((size, size)),
+                                       target, num_iters=num_iters, im_torch=x, model_type=None,
+                                       device="cpu")
+        t_ref = time.perf_counter() - t0
+        n_ref = _RefCounter.calls
+        _save(save, "acd_%d_ref" % size, ref_lists)
+        print("  acd (reference package): %d CD calls, %.1f s, %d levels"
+              % (n_ref, t_ref, len(ref_lists["comps_list"])), flush=True)
+        rows.append(("ACD %d px / %d: acd package" % (size, sweep_dim),
+                     {"evals": n_ref, "time": t_ref, "levels": len(ref_lists["comps_list"])}))
+    for name, kw in variants:
+        acd = ACD(model, **kw)
+        t0 = time.perf_counter()
+        h = acd.hierarchy(x, target, sweep_dim=sweep_dim, percentile_include=percentile, num_iters=num_iters)
+        t = time.perf_counter() - t0
+        _save(save, "acd_%d_%s" % (size, name.replace(" ", "").replace(",", "_")), h.raw)
+        res = {"evals": h.cd_evaluations, "ref_calls": h.reference_cd_calls, "time": t,
+               "levels": len(h.raw["comps_list"]), "forwards": acd.cd.num_forwards}
+        msg = "  ours, %s: %d CD evaluations in %d forwards (the reference procedure: %d calls for this tree), %.1f s" % (
+            name, h.cd_evaluations, acd.cd.num_forwards, h.reference_cd_calls, t)
+        if ref_lists is not None:
+            cmp = compare_hierarchies(h.raw, ref_lists)
+            res.update(cmp)
+            res["ratio_evals"] = h.cd_evaluations / n_ref
+            res["speedup"] = t_ref / t
+            ours_units = h.raw["scores_orig_raw"][:, target]
+            ref_units = np.asarray(ref_lists["scores_orig_raw"])[:, target]
+            res["unit_diff"] = float(np.max(np.abs(ours_units - ref_units)))
+            msg += ("; evals/acd %.3f, speed-up %.1fx; hierarchy identical: %s (same groups at %d of %d/%d levels,"
+                    " first difference %s); max |unit score diff| %.1e"
+                    % (res["ratio_evals"], res["speedup"], cmp["labelled_equal"], cmp["groups_equal"],
+                       cmp["levels"][0] - 1, cmp["levels"][1] - 1, cmp["first_diff"], res["unit_diff"]))
+        print(msg, flush=True)
+        rows.append(("ACD %d px / %d: ours, %s" % (size, sweep_dim, name), res))
+
+
+# --------------------------------------------------------------------------------------
+def print_table(rows, args):
+    print("\n## CD / ACD benchmarks (%s, random weights, float32, %d torch threads)\n"
+          % (MODEL_NAME[0], torch.get_num_threads()))
+    print("| measurement | value |")
+    print("|---|---|")
+    for name, r in rows:
+        if name.startswith("CD throughput"):
+            print("| %s: plain forward of the batch | %.3f s |" % (name, r["fwd"]))
+            print("| %s: `CD.decompose` (one call) | %.3f s = **%.2fx** the forward |" % (name, r["cd"], r["cd"] / r["fwd"]))
+            if "ref1" in r:
+                print("| %s: `acd.cd`, one mask | %.3f s (%.1fx our per-mask time) |"
+                      % (name, r["ref1"], r["ref1"] / (r["cd"] / int(name.split(",")[-1].split()[0]))))
+            if "refN" in r:
+                print("| %s: `acd.cd`, masks looped | %.2f s (%.1fx ours) |" % (name, r["refN"], r["refN"] / r["cd"]))
+        elif "acd package" in name:
+            print("| %s | %d CD calls, %.1f s |" % (name, r["evals"], r["time"]))
+        else:
+            s = "%d evaluations in %d forwards (reference procedure: %d), %.1f s" % (
+                r["evals"], r["forwards"], r["ref_calls"], r["time"])
+            if "ratio_evals" in r:
+                s += ("; **%.2fx** acd's evaluations, **%.1fx** faster; identical hierarchy: %s "
+                      "(same groups at %d/%d levels)" % (r["ratio_evals"], r["speedup"],
+                                                        "yes" if r["labelled_equal"] else "no",
+                                                        r["groups_equal"], r["levels"][1] - 1))
+            print("| %s | %s |" % (name, s))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny run: 64 px, 8 masks, 8x8 ACD grid")
+    ap.add_argument("--full", action="store_true", help="also ACD at 224 px (sweep_dim 14)")
+    ap.add_argument("--no-reference", action="store_true", help="skip the acd package")
+    ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--skip-acd", action="store_true")
+    ap.add_argument("--variants", nargs="+", default=["refcompat", "refcompat-batched", "default"],
+                    choices=["refcompat", "refcompat-batched", "default"])
+    ap.add_argument("--model", choices=["vgg16", "small"], default="vgg16",
+                    help="vgg16 (default) or a toy CNN at 32 px (fast complete comparison)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--acd-size", type=int, default=None, help="ACD input size (default 112; 64 with --quick)")
+    ap.add_argument("--sweep-dim", type=int, default=None, help="ACD block size (default 7; 8 with --quick)")
+    ap.add_argument("--save", default=None, help="pickle the hierarchies (reference and ours) to this folder")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    MODEL_NAME[0] = "VGG16" if args.model == "vgg16" else "toy CNN"
+    model = (torchvision.models.vgg16(weights=None) if args.model == "vgg16" else small_cnn()).eval()
+    ref = None if args.no_reference else load_reference()
+    if ref is None and not args.no_reference:
+        print("acd package not found (pip install --no-deps acd==0.0.2): reference skipped", file=sys.stderr)
+    print("torch %s, numpy %s, %d threads, %s cores" % (torch.__version__, np.__version__,
+                                                      torch.get_num_threads(), os.cpu_count()), flush=True)
+    rows = []
+    all_variants = {"refcompat": ("reference_compatible, batch 1", {"reference_compatible": True}),
+                    "refcompat-batched": ("reference_compatible, batch 32",
+                                          {"reference_compatible": True, "batch_size": 32}),
+                    "default": ("default mode, batch 32", {})}
+    variants = [all_variants[v] for v in args.variants]
+    if not args.skip_throughput:
+        size, n = (64, 8) if args.quick else (224, 64)
+        if args.model == "small":
+            size = 32
+        print("\nCD throughput, %s %d px" % (MODEL_NAME[0], size), flush=True)
+        bench_throughput(model, size, n, ref, 1 if args.quick else 3, True, rows)
+    if not args.skip_acd:
+        if args.model == "small":
+            bench_acd(model, args.acd_size or 32, args.sweep_dim or 2, ref, variants, rows, save=args.save)
+        elif args.quick:
+            bench_acd(model, args.acd_size or 64, args.sweep_dim or 8, ref, variants, rows, save=args.save)
+        else:
+            bench_acd(model, args.acd_size or 112, args.sweep_dim or 7, ref, variants, rows, save=args.save)
+            if args.full:
+                bench_acd(model, 224, 14, ref, variants, rows, save=args.save)
+    print_table(rows, args)
+
+
+if __name__ == "__main__":
+    main()
