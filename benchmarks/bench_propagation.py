@@ -111,14 +111,20 @@ def bench(arch: str, batch: int, size: int, repeat: int, only: List[str]) -> Lis
 
 
 def peak_memory(arch: str, batch: int, size: int, method: str) -> float:
-    """Peak RSS (MiB) of a fresh process that runs one call, minus the same process after
-    building the model and input (so the figure is the method's working memory)."""
+    """Peak resident memory (MiB) of one call in a fresh process, above the resident memory
+    after building the model and input (the method's working memory).  Linux: the peak
+    (VmHWM) is reset through /proc/self/clear_refs before the call."""
     code = f"""
-import resource, torch, torchvision
+import torch, torchvision
+def _status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return float(line.split()[1]) / 1024.0
 torch.manual_seed(0)
 m = torchvision.models.{arch}().eval()
 x = torch.randn({batch}, 3, {size}, {size})
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+open("/proc/self/clear_refs", "w").write("5")
+base = _status("VmRSS")
 if "{method}" == "rap":
     from captum_rap import RAP
     RAP(m).attribute(x, target=[1] * {batch})
@@ -126,8 +132,7 @@ elif "{method}" == "fwd_bwd":
     xx = x.clone().requires_grad_(True)
     out = m(xx)
     torch.autograd.grad(out[:, 1].sum(), xx)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((peak - base) / 1024.0)
+print(_status("VmHWM") - base)
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(res.stdout.strip().splitlines()[-1])
@@ -142,6 +147,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", default=[], help="substrings of method names to run")
     parser.add_argument("--quick", action="store_true", help="64 px, batch 1 and 2, one repeat")
     parser.add_argument("--memory", action="store_true", help="peak memory of RAP, VGG16 batch 32")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak-memory measurement")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
@@ -149,6 +155,8 @@ def main(argv=None) -> int:
     if args.quick:
         args.size, args.batch, args.repeat = 64, [1, 2], 1
     rows = []
+    if args.memory_only:
+        args.memory, args.arch = True, []
     for arch in args.arch:
         for b in args.batch:
             rows += bench(arch, b, args.size, args.repeat, args.only)
