@@ -79,28 +79,10 @@ def portable_vgg16(seed=0, dtype=np.float32):
     """The fixtures README's portable seeded weights (``dtype`` of the stored values)."""
     import torchvision
 
-    model = torchvision.models.vgg16()
-    rs = np.random.RandomState(seed)
-    new = {}
-    for name, t in model.state_dict().items():
-        shape = tuple(t.shape)
-        if name.endswith("num_batches_tracked"):
-            new[name] = t
-            continue
-        if name.endswith("running_mean"):
-            v = rs.standard_normal(shape) * 0.1
-        elif name.endswith("running_var"):
-            v = 0.5 + 1.5 * rs.random_sample(shape)
-        elif name.endswith("weight") and t.dim() == 1:
-            v = 0.5 + rs.random_sample(shape)
-        elif name.endswith("bias"):
-            v = rs.standard_normal(shape) * 0.05
-        else:
-            v = rs.standard_normal(shape) * np.sqrt(2 / np.prod(shape[1:]))
-        new[name] = torch.tensor(v.astype(dtype))
-    model = model.to(torch.float64 if dtype == np.float64 else torch.float32)
-    model.load_state_dict(new)
-    return model.eval()
+    from _lrp_utils import portable_init
+
+    model = torchvision.models.vgg16().to(torch.float64 if dtype == np.float64 else torch.float32)
+    return portable_init(model, seed).eval()
 
 
 @pytest.fixture(scope="module")
