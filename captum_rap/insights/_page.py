@@ -27,11 +27,12 @@ PAGE = r"""<!doctype html>
  #examples { display: flex; flex-wrap: wrap; gap: 12px; }
  .example { background: #fff; border: 1px solid #ccd; border-radius: 6px; padding: 8px; }
  .example.selected { border-color: #2a62c9; box-shadow: 0 0 0 2px #2a62c940; }
- .row { display: flex; gap: 8px; align-items: flex-start; }
+ .row { display: flex; flex-wrap: wrap; gap: 8px; align-items: flex-start; }
  .panel { text-align: center; font-size: 12px; }
  .panel img { width: 192px; height: 192px; image-rendering: pixelated; display: block; border: 1px solid #eee; }
- .words { max-width: 420px; line-height: 1.9; font-size: 14px; }
- .words span { padding: 1px 3px; border-radius: 3px; margin-right: 2px; }
+ .words { max-width: 520px; line-height: 1.9; font-size: 14px; text-align: left; }
+ .words span { padding: 1px 3px; border-radius: 3px; margin-right: 2px; display: inline-block; }
+ .results.wide { flex-basis: 100%; }
  ol.preds { margin: 4px 0; padding-left: 22px; font-size: 13px; }
  li.pred { cursor: pointer; }
  li.pred:hover { text-decoration: underline; }
@@ -273,6 +274,7 @@ function showResult(r, method) {
       box.appendChild(img);
       box.appendChild(el("div", { class: "caption" }, `${method} → ${r.target_name}: Σ=${f.sum.toPrecision(4)} (red +, blue −)`));
     } else if (f.type === "text") {
+      res.classList.add("wide");
       const lim = Math.max(1e-12, ...f.scores.map(Math.abs));
       const w = el("div", { class: "words attributed" });
       f.words.forEach((t, i) => { const s = el("span", { title: f.scores[i].toPrecision(3) }, t);
@@ -343,7 +345,7 @@ function showAcdLevel() {
   for (const grp of sorted) {
     const d = el("div", null, data.kind === "image" ? `group ${grp.id}: ${grp.size} px, score ${grp.score.toPrecision(4)}`
                                                : `"${grp.text}": ${grp.score.toPrecision(4)}`);
-    d.style.borderLeft = "8px solid " + signedColor(grp.score, data.limit); d.style.paddingLeft = "4px";
+    d.style.borderLeft = "8px solid " + signedColor(grp.score, lev.limit || data.limit); d.style.paddingLeft = "4px";
     g.appendChild(d);
   }
   if (data.kind === "image") {

@@ -69,7 +69,7 @@ def demo_visualizer(photos: Optional[Sequence[Tuple[str, Optional[int]]]] = None
         batches.append(Batch(img, None if label is None else torch.tensor([label])))
     feature = ImageFeature("Photo", baseline_transforms=[lambda x: x * 0], input_transforms=[_lite0_normalize])
     return AttributionVisualizer([net], zoo.imagenet_categories(), [feature], batches,
-                                 title="EfficientNet-Lite0 (ImageNet)")
+                                 title="EfficientNet-Lite0 (ImageNet)" if model is None else "ImageNet photos")
 
 
 class BatchFirst(nn.Module):

@@ -315,10 +315,12 @@ def run_method(name: str, args: Dict[str, Any], model: Callable, inputs: Tuple[T
     elif name == "Saliency":
         from captum.attr import Saliency
 
+        inputs = tuple(x.detach().clone().requires_grad_() for x in inputs)
         out = Saliency(model).attribute(inputs, target=target, abs=args["abs"], additional_forward_args=afa)
     elif name == "InputXGradient":
         from captum.attr import InputXGradient
 
+        inputs = tuple(x.detach().clone().requires_grad_() for x in inputs)
         out = InputXGradient(model).attribute(inputs, target=target, additional_forward_args=afa)
     elif name == "Occlusion":
         from captum.attr import Occlusion

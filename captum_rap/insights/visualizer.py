@@ -410,20 +410,20 @@ class AttributionVisualizer:
         shown = render.image_to_display(self.features[0].display_data(ex.raw[0]))
         feat_shape = None
         levels = []
-        all_scores = [g.score for g in h.walk()]
-        lim = max((abs(v) for v in all_scores), default=1.0) or 1.0
+        top = max((abs(g.score) for g in h.walk()), default=1.0) or 1.0
         for lev in range(len(h)):
             groups = h.groups(lev)
+            lim = max((abs(g.score) for g in groups), default=top) or top  # per-level colour scale
             if feat_shape is None and groups:
                 feat_shape = groups[0].mask.shape
             image = shown if feat_shape is not None and shown.shape[:2] == tuple(feat_shape) else None
             png = render.groups_overlay_png([g.mask for g in groups], [g.score for g in groups], image, lim) \
                 if groups else render.png_base64(shown)
-            levels.append({"level": lev, "png": png,
+            levels.append({"level": lev, "png": png, "limit": lim,
                            "groups": [{"id": int(g.id), "size": g.size, "score": float(g.score)} for g in groups]})
         unit = np.asarray(h.unit_scores, dtype=float)
         unit_png, unit_lim = render.heatmap_png(unit)
-        return {"levels": levels, "limit": lim, "num_before_final": h.num_before_final,
+        return {"levels": levels, "limit": top, "num_before_final": h.num_before_final,
                 "unit_heatmap": unit_png, "unit_limit": unit_lim}
 
     def _acd_text(self, h: Any) -> Dict[str, Any]:
