@@ -111,6 +111,19 @@ def test_demo_toy_writes_figures_and_report(tmp_path, capsys):
     assert abs(delta) < 1e-5
 
 
+def test_demo_falls_back_to_the_toy_model_without_lite0(tmp_path, monkeypatch, capsys):
+    import captum_rap.zoo as zoo
+
+    def missing(*args, **kwargs):
+        raise ImportError("EfficientNet-Lite0 needs the demo extra")
+
+    monkeypatch.setattr(zoo, "efficientnet_lite0", missing)
+    settings = DemoSettings(progress=False)
+    paths = run_demo(str(tmp_path), settings)
+    assert settings.toy and "using the offline toy model" in capsys.readouterr().out
+    assert "seeded toy CNN" in open(paths["report"], encoding="utf-8").read()
+
+
 @needs_lite0
 def test_demo_real_model_small_settings(tmp_path):
     """The real demo's code path (EfficientNet-Lite0, chelsea) at reduced sizes."""

@@ -209,7 +209,7 @@ for name, fn in explainers.items():
 from captum_rap.metrics import region_perturbation, relevance_distribution
 
 PATCH = 16
-PER_STEP = 4 if FAST else 2
+PER_STEP = 4 if FAST else 8
 ranked = {
     "RAP (relevant part)": rap.clamp(min=0),
     "LRP epsilon_gamma_box": LRP(model, "epsilon_gamma_box", **BOX).attribute(x, target=targets),
