@@ -47,17 +47,22 @@ class UnsupportedOperationError(RuntimeError):
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
-    """Sign-preserving stabilizer: ``z + epsilon * sign(z)``, with ``sign(0) = +1``."""
+    """Sign-preserving stabilizer: ``z + epsilon * sign(z)``, with ``sign(+0.0) = +1``
+    (and ``sign(-0.0) = -1``).  Returns a new tensor."""
     if epsilon == 0:
-        return z
-    return z + ((z >= 0).to(z.dtype) * 2 - 1) * epsilon
+        return z.clone()
+    # |z| + eps with the sign bit of z: one allocation, no boolean masks (slow on CPU)
+    return torch.abs(z).add_(epsilon).copysign_(z)
 
 
 def safe_divide(a: Tensor, b: Tensor) -> Tensor:
-    """``a / b`` where ``b != 0`` and exactly ``0`` where ``b == 0``."""
-    zero = b == 0
-    return (a / b).masked_fill_(zero, 0.0) if zero.shape == torch.broadcast_shapes(a.shape, b.shape) \
-        else torch.where(~zero, a / b, torch.zeros((), dtype=a.dtype, device=a.device))
+    """``a / b`` where ``b != 0`` and exactly ``0`` where ``b == 0``.
+
+    Implemented as ``a / b`` with non-finite quotients set to 0 (boolean masks are several
+    times slower than arithmetic on CPU).  This differs from the definition only where
+    ``a`` is itself non-finite or the quotient overflows; the attribution methods reject
+    non-finite inputs and model outputs before propagating, so neither occurs there."""
+    return torch.div(a, b).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
 
 # ----------------------------------------------------------------------------------------
@@ -135,6 +140,12 @@ class AffineOp:
             x = F.pad(x, self.pre_pad)
         conv = {"conv1d": F.conv1d, "conv2d": F.conv2d, "conv3d": F.conv3d}[self.kind]
         return conv(x, w, bias, **self.conv_kwargs)
+
+    def bias_like(self, bias: Tensor, out: Tensor) -> Tensor:
+        """``bias`` shaped to broadcast against an output ``out`` of this operation."""
+        if self.kind == "linear":
+            return bias
+        return bias.view((1, -1) + (1,) * (out.dim() - 2))
 
     def backward(self, grad_out: Tensor, weight: Optional[Tensor], input_shape: torch.Size) -> Tensor:
         """Vector-Jacobian product: the transpose of :meth:`forward` (bias-free) applied to
@@ -227,9 +238,36 @@ class _Node:
     input_ref: Optional[Tensor] = None  # the layer's input tensor (kept for input layers)
     out: Optional[Tensor] = None
     z: Optional[Tensor] = None  # output seen by the rule (differs from out if a BN was merged)
-    r_merged: Optional[Tensor] = None  # relevance at the output of a merged BN
     is_output_layer: bool = False
     seed: Optional[Tensor] = None
+    out_version: int = 0
+    z_version: int = 0
+    bn_grad: Optional[Tensor] = None  # gradient at the output of a merged BN
+
+    def rule_output(self, x: Tensor) -> Tensor:
+        """The output the rule sees (after a merged batch norm, if any).  It is kept
+        without a copy; should an in-place operation the function mode did not see have
+        overwritten it (version counter changed), it is recomputed from the input ``x``."""
+        if self.z is not None:
+            if self.z._version != self.z_version:
+                self.z = self.op.forward(x, self.op.weight, self.op.bias).detach()
+                self.z_version = self.z._version
+            return self.z
+        assert self.out is not None
+        if self.out._version != self.out_version:
+            self.out = self.op.forward(x, self.op.weight, self.op.bias).detach()
+            self.out_version = self.out._version
+        return self.out
+
+    def protect(self, t: Tensor) -> None:
+        """Copy the saved output(s) that share memory with ``t`` before ``t`` is written to."""
+        ptr = t.untyped_storage().data_ptr()
+        if self.out is not None and self.out.untyped_storage().data_ptr() == ptr:
+            self.out = self.out.clone()
+            self.out_version = self.out._version
+        if self.z is not None and self.z.untyped_storage().data_ptr() == ptr:
+            self.z = self.z.clone()
+            self.z_version = self.z._version
 
 
 @dataclass
@@ -285,33 +323,40 @@ class _RuleFunction(torch.autograd.Function):
         out = node.op.forward(x, node.op.weight, node.op.bias)
         ctx.node = node
         ctx.save_for_backward(x)
-        node.out = out.detach().clone()
+        ctx.set_materialize_grads(False)  # merged batch norms send no (zero) gradient
+        # no copy: the function mode copies it before an in-place op writes to it
+        # (copy-on-write); the version counter catches any write it did not see
+        node.out = out.detach()
+        node.out_version = out._version
         return out
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: Optional[Tensor]):  # type: ignore[override]
         (x,) = ctx.saved_tensors
         node: _Node = ctx.node
+        z = node.rule_output(x)
         if node.seed is not None:
             r_out = node.seed
-        elif node.r_merged is not None:
-            r_out = node.r_merged
-            node.r_merged = None
+        elif node.bn_grad is not None:
+            r_out = node.bn_grad * z
+            node.bn_grad = None
+        elif grad_out is None:
+            r_out = torch.zeros_like(z)
         else:
-            r_out = grad_out * node.out
+            r_out = grad_out * z
         hook = node.state.relevance_hooks.get(id(node))
         if hook is not None:
             r_out = hook(node, r_out)
-        z = node.z if node.z is not None else node.out
         factor, extra = node.rule.propagate(node.op, x, z, r_out, node.info)
         if node.info.is_input_layer:
             relevance = _combine(x, factor, extra)
             node.state.input_relevance.append((node.input_ref, relevance))
             return torch.zeros_like(x), None
-        grad = factor if factor is not None else torch.zeros_like(x)
+        if factor is None:
+            return (safe_divide(extra, x) if extra is not None else torch.zeros_like(x)), None
         if extra is not None:
-            grad = grad + safe_divide(extra, x)
-        return grad, None
+            factor = factor + safe_divide(extra, x)
+        return factor, None
 
 
 def _combine(x: Tensor, factor: Optional[Tensor], extra: Optional[Tensor]) -> Tensor:
@@ -323,7 +368,7 @@ def _combine(x: Tensor, factor: Optional[Tensor], extra: Optional[Tensor]) -> Te
 
 class _MergedBatchNorm(torch.autograd.Function):
     """A batch norm folded into the preceding layer's rule: the backward pass hands the
-    relevance at the BN output straight to that layer (``node.r_merged``), so relevance
+    gradient at the BN output straight to that layer (``node.bn_grad``), so relevance
     also survives where the layer output is exactly 0 but the BN output is not."""
 
     @staticmethod
@@ -333,9 +378,8 @@ class _MergedBatchNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        node = ctx.node
-        node.r_merged = grad * node.z
-        return torch.zeros_like(grad), None, None
+        ctx.node.bn_grad = grad  # R at the BN output = grad * z, formed by the layer's rule
+        return None, None, None
 
 
 class _PassThroughActivation(torch.autograd.Function):
@@ -362,6 +406,17 @@ class _PassThroughActivation(torch.autograd.Function):
 
 def _fname(func: Any) -> str:
     return getattr(func, "__name__", str(func))
+
+
+_INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__idiv__", "__ifloordiv__",
+                    "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__",
+                    "__irshift__", "__setitem__"}
+
+
+def _writes_in_place(name: str, kwargs: Dict[str, Any]) -> bool:
+    """In-place operation (``relu_``, ``add_``, ``+=``, ``x[i] = v``) or ``out=`` call."""
+    return (name.endswith("_") and not name.endswith("__")) or name in _INPLACE_DUNDERS \
+        or "out" in kwargs or kwargs.get("inplace", False) is True
 
 
 # parameter-free operations that autograd can propagate as the z-rule (linear maps)
@@ -463,6 +518,12 @@ class _PropagationMode(TorchFunctionMode):
         if not any(kinds):
             return func(*args, **kwargs)
         name = _fname(func)
+        if _writes_in_place(name, kwargs):
+            written = kwargs.get("out", args[0] if args else None)
+            for t in _iter_tensors(written):
+                producer = _producer(t, self.token)
+                if producer is not None:
+                    producer.protect(t)
 
         # affine layers with parameters
         if name in ("conv1d", "conv2d", "conv3d", "linear", "batch_norm"):
@@ -633,7 +694,8 @@ class _PropagationMode(TorchFunctionMode):
         merged.pre_pad = producer.op.pre_pad
         producer.op = merged
         out = _MergedBatchNorm.apply(x, bn, producer)
-        producer.z = out.detach().clone()
+        producer.z = out.detach()
+        producer.z_version = out._version
         _set_tag(out, self.token, _KIND_ACT, producer)
         return out
 
@@ -773,6 +835,10 @@ class Propagator:
                     raise UnsupportedOperationError(
                         f"The model output does not depend on the input through operations that "
                         f"{self.method_name} can see; no relevance can reach the input.")
+                if not bool(torch.isfinite(outputs.detach()).all()):
+                    raise ValueError(f"{self.method_name}: the model output contains NaN or Inf for "
+                                     "these inputs (check the model's weights and the input scale); "
+                                     "no relevance can be propagated.")
                 seed = seed_fn(outputs.detach())
                 producer = _producer(outputs, state.token)
                 if producer is not None:

@@ -109,7 +109,10 @@ def _divide(relevance: Tensor, z: Tensor, epsilon: float) -> Tensor:
     bias-free ReLU network)."""
     if epsilon == 0:
         return safe_divide(relevance, z)
-    return relevance / stabilize(z, epsilon)
+    d = stabilize(z, epsilon)
+    if d.shape == relevance.shape and d.dtype == relevance.dtype:
+        return torch.div(relevance, d, out=d)  # into the temporary: one allocation less
+    return relevance / d
 
 
 def _pos(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -121,7 +124,8 @@ def _neg(t: Optional[Tensor]) -> Optional[Tensor]:
 
 
 def _is_nonneg(x: Tensor) -> bool:
-    return bool((x >= 0).all())
+    # one reduction instead of a boolean mask (slow on CPU); NaN -> False
+    return x.numel() == 0 or bool(x.min() >= 0)
 
 
 class Epsilon(Rule):
@@ -184,15 +188,34 @@ class Gamma(Rule):
             zz = op.forward(x, wp, b)
             s = _divide(relevance, zz, self.epsilon)
             return op.backward(s, wp, x.shape), None
+        if _is_nonneg(x):
+            # x >= 0: with a = x W⁺, p = a + b⁺ and the layer output z = x W + b,
+            #   z⁺ = (1+γ)a + (z - b - a) + b + γb⁺ = z + γp            (z > 0)
+            #   z⁻ = a + (1+γ)(z - b - a) + b + γb⁻ = z + γ(z - p)      (z < 0)
+            # i.e. z_sel = z + γ(sign(z) p + min(z, 0)): one extra forward pass instead of
+            # two.  R_in = x (W⁺ᵀ s(1 + γ[z>0]) + W⁻ᵀ s(1 + γ[z<0])), s = R / stab(z_sel).
+            # (temporaries updated in place: fresh activation-sized tensors are costly)
+            wpos = w.clamp(min=0)
+            p = op.forward(x, wpos, None)
+            if b is not None:
+                p.add_(op.bias_like(b.clamp(min=0), z))
+            sg = torch.sign(z)
+            zsel = torch.clamp(z, max=0).add_(p.mul_(sg)).mul_(g).add_(z)
+            # stab(z_sel): z_sel has the sign of z where z != 0 (and R is masked where z == 0)
+            den = zsel.abs_().add_(self.epsilon).copysign_(sg) if self.epsilon else zsel
+            s = torch.mul(relevance, sg.abs(), out=p).div_(den).nan_to_num_(nan=0.0, posinf=0.0,
+                                                                              neginf=0.0)
+            m = sg.clamp(min=0)  # [z > 0]
+            n = torch.sub(m, sg, out=sg)  # [z < 0]
+            u = torch.addcmul(s, s, m, value=g, out=m)
+            v = torch.addcmul(s, s, n, value=g, out=n)
+            out = op.backward(u, wpos, x.shape)
+            return out.add_(op.backward(v, w - wpos, x.shape)), None
         wn = w + g * w.clamp(max=0)
         bp = None if b is None else b + g * b.clamp(min=0)
         bn = None if b is None else b + g * b.clamp(max=0)
         pos_out = (z > 0).to(z.dtype)
         neg_out = (z < 0).to(z.dtype)
-        if _is_nonneg(x):
-            sp = _divide(pos_out * relevance, op.forward(x, wp, bp), self.epsilon)
-            sn = _divide(neg_out * relevance, op.forward(x, wn, bn), self.epsilon)
-            return op.backward(sp, wp, x.shape) + op.backward(sn, wn, x.shape), None
         xp, xn = x.clamp(min=0), x.clamp(max=0)
         zp = op.forward(xp, wp, bp) + op.forward(xn, wn, None)
         zn = op.forward(xp, wn, bn) + op.forward(xn, wp, None)
@@ -237,6 +260,25 @@ class AlphaBeta(Rule):
         w = op.weight
         b = op.bias if self.bias else None
         nonneg = _is_nonneg(x)
+        if nonneg and self.beta != 0:
+            # x >= 0: z⁺ = xW⁺ + b⁺ and z⁻ = xW⁻ + b⁻ = z - xW⁺ - b⁺ (the layer output
+            # gives the negative part: one forward pass less); bias=False: z⁻ = z - b - xW⁺
+            wp = w.clamp(min=0)
+            zp = op.forward(x, wp, None)
+            zn = torch.sub(z, zp)
+            if op.bias is not None:
+                if self.bias:
+                    bp = op.bias_like(op.bias.clamp(min=0), z)
+                    zp.add_(bp)
+                    zn.sub_(bp)
+                else:
+                    zn.sub_(op.bias_like(op.bias, z))
+            sp = _divide(relevance, zp, self.epsilon)
+            sn = _divide(relevance, zn, self.epsilon)
+            if self.alpha != 1:
+                sp.mul_(self.alpha)
+            out = op.backward(sp, wp, x.shape)
+            return out.sub_(op.backward(sn.mul_(self.beta), w - wp, x.shape)), None
         wp = w.clamp(min=0)
         # W⁻ is only needed for negative inputs or a beta term (one pass over W less
         # for the common z⁺ case on post-ReLU inputs)

@@ -209,6 +209,27 @@ def test_rule_hidden_layer_matches_reference(rule_name, layer_name):
     assert rel_err(got, want) < TOL, rel_err(got, want)
 
 
+@pytest.mark.parametrize("layer_name", list(LAYERS))
+@pytest.mark.parametrize("rule_name", [n for n, spec in RULES.items() if not spec[2]])
+def test_rule_on_nonnegative_input_matches_reference(rule_name, layer_name):
+    """Post-ReLU inputs (>= 0, with exact zeros) take the rules' fast paths for
+    non-negative inputs (Gamma: z⁻ from the layer output, AlphaBeta: no x⁻ terms)."""
+    factory, ref_fn, _ = RULES[rule_name]
+    layer, in_shape = make_layer(layer_name)
+    layer.rule = factory(in_shape)
+    bn = make_bn(in_shape)
+    model = nn.Sequential(bn, nn.ReLU(), layer).eval()
+    x = signed_input(in_shape)
+    R = output_relevance(model, x)
+    with torch.no_grad():
+        h = torch.relu(bn(x))
+    assert bool((h == 0).any()) and bool((h > 0).any())
+    # relevance passes the ReLU and the pass-through BN unchanged (it is 0 where h = 0)
+    want = reference(layer, in_shape, h, R, ref_fn)
+    got = LRP(model).attribute(x, output_relevance=R)
+    assert rel_err(got, want) < TOL, rel_err(got, want)
+
+
 @pytest.mark.parametrize("in_shape", [(5,), (3, 7), (3, 4, 5), (2, 3, 3, 4)])
 def test_passthrough_batchnorm_exact(in_shape):
     bn = make_bn(in_shape)

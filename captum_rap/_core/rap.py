@@ -13,6 +13,15 @@ from ..rules import Rule
 from ._propagation import PropagationAttribution
 
 
+def _divide_(den: Tensor, num: Tensor, eps: float) -> Tensor:
+    """``_divide(num, den, eps)`` computed into ``den`` (a temporary of the caller)."""
+    if eps > 0:
+        den.add_(torch.sign(den).mul_(eps))
+    if den.shape != num.shape:
+        return _divide(num, den, 0.0)
+    return torch.div(num, den, out=den).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def _divide(a: Tensor, b: Tensor, eps: float) -> Tensor:
     """The reference's ``safe_divide`` (0 where ``b == 0``) or, with ``eps > 0``, the
     sign-preserving stabilized ``a / (b + eps·sign(b))`` (still 0 where ``b == 0``)."""
@@ -31,13 +40,15 @@ def _per_sample_sum(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1).sum(1).view((-1,) + (1,) * (t.dim() - 1))
 
 
-def uniform_shift(c: Tensor, r_total: Tensor) -> Tensor:
+def uniform_shift(c: Tensor, r_total: Tensor, inplace: bool = False) -> Tensor:
     """RAP's uniform shifting: subtract ``(Σ C − Σ R) / #{C ≠ 0}`` from every non-zero
-    entry of ``C`` (per example), so that ``Σ C = Σ R``.  An all-zero ``C`` stays zero."""
-    nonzero = (c != 0).to(c.dtype)
+    entry of ``C`` (per example), so that ``Σ C = Σ R``.  An all-zero ``C`` stays zero.
+    ``inplace=True`` overwrites ``c`` (fewer large allocations)."""
+    nonzero = torch.sign(c).abs_()  # 1 where c != 0 (arithmetic: boolean masks are slow)
     count = _per_sample_sum(nonzero)
     surplus = _per_sample_sum(c) - r_total
-    return c - safe_divide(surplus, count) * nonzero
+    shift = nonzero.mul_(safe_divide(surplus, count))
+    return c.sub_(shift) if inplace else c - shift
 
 
 class RAPRule(Rule):
@@ -82,16 +93,21 @@ class RAPRule(Rule):
             # Relevance at inputs that are exactly 0 (e.g. a bias-free conv over a dead
             # region, or concatenated ReLU outputs) would be lost there; it is given back
             # by RAP's own uniform shift over the non-zero inputs, so the layer conserves.
-            keep = (op.weight != 0).view((1, -1) + (1,) * (x.dim() - 2)) & (x != 0)
-            kept = relevance * keep.to(x.dtype)
-            if bool((kept != relevance).any()):
-                kept = uniform_shift(kept, _per_sample_sum(relevance))
+            kept = relevance
+            w_zero = bool((op.weight == 0).any())
+            if w_zero or x.numel() and float(x.abs().min()) == 0.0:
+                keep = torch.sign(x).abs_()
+                if w_zero:
+                    keep = keep * (op.weight != 0).to(x.dtype).view((1, -1) + (1,) * (x.dim() - 2))
+                kept = relevance * keep
+                if float((relevance - kept).abs().max()) > 0:
+                    kept = uniform_shift(kept, _per_sample_sum(relevance), inplace=True)
             return self._out(x, kept, info)
         if info.is_output_layer and op.kind == "linear":
             return self._out(x, self._first_prop(op, x, z, relevance), info)
         if info.is_input_layer:
             return None, self._zb(op, x, relevance, info.input_mask)
-        return self._out(x, self._hidden(op, x, relevance), info)
+        return self._out(x, self._hidden(op, x, z, relevance), info)
 
     # -- output layer: first_prop + redistribute ---------------------------------------
     def _first_prop(self, op: AffineOp, x: Tensor, z: Tensor, relevance: Tensor) -> Tensor:
@@ -141,29 +157,45 @@ class RAPRule(Rule):
                 - high * op.backward(s, wn, x.shape))
 
     # -- hidden layers: pos_prop on both input-sign branches, then one uniform shift ----
-    def _hidden(self, op: AffineOp, x: Tensor, relevance: Tensor) -> Tensor:
+    def _hidden(self, op: AffineOp, x: Tensor, z: Tensor, relevance: Tensor) -> Tensor:
+        # temporaries are updated in place: at large batch sizes, allocating fresh
+        # activation-sized tensors (page faults) costs more than the arithmetic
         eps = self.stabilizer
         w = op.weight
         wp = w.clamp(min=0)
-        wn_abs = wp - w  # |W⁻|
-        r_pos, r_neg = relevance.clamp(min=0), relevance.clamp(max=0)
-        total = torch.zeros_like(x)
-        branches = [x.clamp(min=0)]
-        if not bool((x >= 0).all()):
-            branches.append(-x.clamp(max=0))
+        is_linear = op.kind == "linear"
+        total: Optional[Tensor] = None
+        nonneg = x.numel() == 0 or float(x.min()) >= 0
+        branches = [x] if nonneg else [x.clamp(min=0), -x.clamp(max=0)]
+        wn_abs = None if nonneg else wp - w  # |W⁻|
         for xb in branches:
             a = op.forward(xb, wp, None)
-            b = op.forward(xb, wn_abs, None)
-            s_ab = _divide(relevance, a + b, eps)
-            if op.kind == "linear":
+            if nonneg:
+                # x >= 0: x|W⁻| = xW⁺ - xW, and xW is the layer output less its bias
+                b = torch.sub(a, z)
+                if op.bias is not None:
+                    b.add_(op.bias_like(op.bias, z))
+            else:
+                b = op.forward(xb, wn_abs, None)
+            s_ab = _divide_(torch.add(a, b), relevance, eps)  # R / (A + B)
+            if is_linear:
                 # reference Linear.pos_prop: a/A * R + b/(A+B) * R
-                g = op.backward(_divide(relevance, a, eps), wp, x.shape) + op.backward(s_ab, wn_abs, x.shape)
+                p = _divide_(a, relevance, eps)
+                q = s_ab
             else:
                 # reference Conv2d.pos_prop: a/A * R+ + b/B * R- + b/(A+B) * R
-                g = op.backward(_divide(r_pos, a, eps), wp, x.shape) + \
-                    op.backward(_divide(r_neg, b, eps) + s_ab, wn_abs, x.shape)
-            total = total + xb * g
-        return uniform_shift(total, _per_sample_sum(relevance))
+                p = _divide_(a, relevance.clamp(min=0), eps)
+                q = _divide_(b, relevance.clamp(max=0), eps).add_(s_ab)
+            del a, b, s_ab
+            if nonneg:
+                # x (W⁺ᵀp + |W⁻|ᵀq) with |W⁻| = W⁺ - W: no |W⁻| copy of the weights
+                g = op.backward(p.add_(q), wp, x.shape).sub_(op.backward(q, w, x.shape))
+            else:
+                g = op.backward(p, wp, x.shape).add_(op.backward(q, wn_abs, x.shape))
+            g.mul_(xb)
+            total = g if total is None else total.add_(g)
+        assert total is not None
+        return uniform_shift(total, _per_sample_sum(relevance), inplace=True)
 
 
 class RAP(PropagationAttribution):
