@@ -7,29 +7,21 @@ and zennit measured in the same run.
 
 Ratios are ``time(method) / time(forward + backward)`` where forward+backward is the
 gradient of the target logit with respect to the input (what Captum's Saliency computes).
-Random weights (speed does not depend on them).  Prints a markdown table.
+Random weights (speed does not depend on them).  Methods are timed round robin (best of
+``--repeat`` rounds after a warm-up).  On a machine shared with other jobs, ``--realtime``
+(root) runs the benchmark under SCHED_FIFO.  Prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
 from typing import Callable, Dict, List
 
 import torch
-
-
-def _best_time(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def _model(arch: str):
@@ -95,17 +87,34 @@ def bench(arch: str, batch: int, size: int, repeat: int, only: List[str]) -> Lis
         out = model(xx)
         torch.autograd.grad(out[torch.arange(batch), t].sum(), xx)
 
-    t_fwd = _best_time(forward, repeat)
-    t_fb = _best_time(fwd_bwd, repeat)
-    rows = [(arch, batch, "forward", t_fwd, t_fwd / t_fb), (arch, batch, "forward+backward", t_fb, 1.0)]
+    fns: Dict[str, Callable[[], object]] = {"forward": forward, "forward+backward": fwd_bwd}
     for name, fn in methods(arch, model).items():
         if only and not any(o in name for o in only):
             continue
+        fns[name] = (lambda f: lambda: f(x, t))(fn)
+    # round robin: every repeat times every method once, best time kept per method, so a
+    # transient slowdown of the machine hits all methods alike instead of one baseline
+    best: Dict[str, float] = {}
+    failed: Dict[str, str] = {}
+    for name, fn in fns.items():  # warm-up
         try:
-            tm = _best_time(lambda: fn(x, t), repeat)
-            rows.append((arch, batch, name, tm, tm / t_fb))
+            fn()
         except Exception as exc:  # pragma: no cover - report, keep going
-            rows.append((arch, batch, f"{name} (failed: {type(exc).__name__})", float("nan"), float("nan")))
+            failed[name] = type(exc).__name__
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            if name in failed:
+                continue
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
+    t_fb = best["forward+backward"]
+    rows = []
+    for name in fns:
+        if name in failed:
+            rows.append((arch, batch, f"{name} (failed: {failed[name]})", float("nan"), float("nan")))
+        else:
+            rows.append((arch, batch, name, best[name], best[name] / t_fb))
         print(f"  {arch} b{batch} {name}: {rows[-1][3]:.3f}s ratio {rows[-1][4]:.2f}", file=sys.stderr, flush=True)
     return rows
 
@@ -143,13 +152,18 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", nargs="+", default=["vgg16", "resnet50"])
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", nargs="*", default=[], help="substrings of method names to run")
     parser.add_argument("--quick", action="store_true", help="64 px, batch 1 and 2, one repeat")
     parser.add_argument("--memory", action="store_true", help="peak memory of RAP, VGG16 batch 32")
     parser.add_argument("--memory-only", action="store_true", help="only the peak-memory measurement")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--realtime", action="store_true",
+                        help="run under SCHED_FIFO (root only): on a shared machine, keeps other "
+                             "processes from skewing the timings")
     args = parser.parse_args(argv)
+    if args.realtime:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
