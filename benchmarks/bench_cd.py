@@ -273,7 +273,10 @@ def main() -> None:
     ap.add_argument("--acd-size", type=int, default=None, help="ACD input size (default 112; 64 with --quick)")
     ap.add_argument("--sweep-dim", type=int, default=None, help="ACD block size (default 7; 8 with --quick)")
     ap.add_argument("--save", default=None, help="pickle the hierarchies (reference and ours) to this folder")
+    ap.add_argument("--realtime", action="store_true", help="SCHED_FIFO (root): for shared machines")
     args = ap.parse_args()
+    if args.realtime:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
