@@ -227,6 +227,8 @@ def test_rotten_tomatoes_demo_lstm():
     assert irr[0].abs().max() < 1e-5  # whole snippet: all relevant
     h = acd.hierarchy_text(ids, words=words)
     assert h.target == int(logits.argmax())
+    r = repr(h)
+    assert r.startswith("ACDHierarchy(kind='text'") and f"levels={len(h)}" in r and f"units={T}" in r
     assert len(h.groups(0)) == T and len(h) >= 2
     # the word-level scores of the tree are the unigram CD scores (rel[target] - rel[other])
     t = h.target

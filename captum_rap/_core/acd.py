@@ -124,6 +124,15 @@ class ACDHierarchy:
     def __len__(self) -> int:
         return len(self.levels)
 
+    def __repr__(self) -> str:
+        top = self.groups(len(self.levels) - 1) if self.levels else []
+        best = max(top, key=lambda g: g.score, default=None)
+        head = (f"ACDHierarchy(kind={self.kind!r}, target={self.target}, levels={len(self.levels)}, "
+                f"units={len(self.levels[0]) if self.levels else 0}, top_groups={len(top)}")
+        if best is not None:
+            head += f", best_top_group=(size={best.size}, score={best.score:+.4g})"
+        return head + f", cd_evaluations={self.cd_evaluations})"
+
     def __iter__(self) -> Iterator[Dict[int, ACDGroup]]:
         return iter(self.levels)
 
