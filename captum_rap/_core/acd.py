@@ -302,8 +302,8 @@ class ACD:
         reference_compatible (bool, optional): use the reference CD arithmetic (see
             :class:`CD`); with it the hierarchies are identical to the reference ones.
             Default: False
-        batch_size (int, optional): masks per CD forward. Default: 32 (1 in
-            ``reference_compatible`` mode)
+        batch_size (int, optional): masks per CD forward. Default: automatic (see
+            :class:`CD`; up to 32), 1 in ``reference_compatible`` mode
         batch_dim (int, optional): batch axis of the model input (1 for sequence-first
             text models). Default: 0
 

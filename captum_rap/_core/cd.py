@@ -84,6 +84,14 @@ class _ModelGuard:
         return False
 
 
+def _auto_batch_size(feat_shape: Tuple[int, ...]) -> int:
+    """Masks per forward: at most 32 and about 2**21 input values per stream."""
+    numel = 1
+    for d in feat_shape:
+        numel *= int(d)
+    return max(1, min(32, (1 << 21) // max(numel, 1)))
+
+
 class CD(Attribution):
     r"""Contextual decomposition (Murdoch et al., ICLR 2018; Singh et al., ICLR 2019).
 
@@ -132,8 +140,11 @@ class CD(Attribution):
             directly, which is better conditioned for localized masks.
             Default: False
         batch_size (int, optional): number of masks per forward (each forward carries
-            ``2 * batch_size`` rows: relevant and irrelevant). Default: 32, and 1 (one
-            mask per forward, as the reference) in ``reference_compatible`` mode
+            ``2 * batch_size`` rows: relevant and irrelevant). Default: automatic, up to
+            32 masks and about 2**21 input values per stream and forward (13 masks for a
+            224 px RGB image: very large batches of activations cost more in memory
+            traffic than they save), and 1 (one mask per forward, as the reference) in
+            ``reference_compatible`` mode
         batch_dim (int, optional): batch axis of the model input (1 for sequence-first
             text models). Default: 0
 
@@ -154,7 +165,8 @@ class CD(Attribution):
         super().__init__(model)
         self.model = model
         self.reference_compatible = bool(reference_compatible)
-        self.batch_size = int(batch_size) if batch_size else (1 if reference_compatible else 32)
+        #: None = automatic (see ``batch_size`` above)
+        self.batch_size: Optional[int] = int(batch_size) if batch_size else (1 if reference_compatible else None)
         self.batch_dim = int(batch_dim)
         self.num_forwards = 0  #: number of decomposed forwards run so far
         self.num_masks = 0  #: number of masks evaluated so far
@@ -218,7 +230,7 @@ class CD(Attribution):
         except RuntimeError:
             raise ValueError("masks of shape %s do not broadcast to (K, %s)"
                              % (tuple(masks.shape), ", ".join(map(str, feat_shape))))
-        bs = int(batch_size or self.batch_size)
+        bs = int(batch_size or self.batch_size or _auto_batch_size(feat_shape))
         afa = _format_additional_forward_args(additional_forward_args)
         rels, irrs = [], []
         with _ModelGuard(self.model, "CD"), torch.no_grad(), cd_context(
