@@ -28,7 +28,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import List
 
 import numpy as np
 import torch
@@ -42,40 +42,12 @@ import bench_propagation  # noqa: E402
 from captum_rap import ACD, CD, CLRP, SGLRP  # noqa: E402
 
 
-def _round_robin(fns: Dict[str, Callable[[], object]], repeat: int) -> Tuple[Dict[str, float], Dict[str, str]]:
-    best: Dict[str, float] = {}
-    failed: Dict[str, str] = {}
-    for name, fn in fns.items():
-        try:
-            fn()
-        except Exception as exc:  # report, keep going
-            failed[name] = f"{type(exc).__name__}: {exc}"[:80]
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            if name in failed:
-                continue
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
-    return best, failed
-
-
 def bench_model(arch: str, batch: int, size: int, repeat: int, ref, acd_size: int, acd_sweep: int) -> List[tuple]:
     torch.manual_seed(0)
     model = getattr(torchvision.models, arch)().eval()
     x = torch.randn(batch, 3, size, size)
     t = [int(i) for i in torch.arange(batch) % 1000]
-
-    def forward():
-        with torch.no_grad():
-            model(x)
-
-    def fwd_bwd():
-        xx = x.clone().requires_grad_(True)
-        out = model(xx)
-        torch.autograd.grad(out[torch.arange(batch), t].sum(), xx)
-
-    fns: Dict[str, Callable[[], object]] = {"forward": forward, "forward+backward": fwd_bwd}
+    fns = bench_propagation.baselines(model, x, t)
     for name, fn in bench_propagation.methods(arch, model).items():
         fns[name] = (lambda f: lambda: f(x, t))(fn)
     for label, method in (("captum_rap CLRP1 (zplus_box)", CLRP(model, variant=1)),
@@ -93,7 +65,7 @@ def bench_model(arch: str, batch: int, size: int, repeat: int, ref, acd_size: in
         fns[f"acd package cd, {batch} masks looped"] = lambda: [
             ref["cd"](x1, model, masks[k, 0].numpy()[None], None, device="cpu") for k in range(batch)]
     print(f"  timing {len(fns)} methods on {arch}, batch {batch}, {size} px ...", file=sys.stderr, flush=True)
-    best, failed = _round_robin(fns, repeat)
+    best, failed = bench_propagation.round_robin(fns, repeat)
     t_fb, t_f = best["forward+backward"], best["forward"]
     rows = []
     for name in fns:

@@ -22,16 +22,6 @@ import torchvision
 from captum_rap import CLRP, LRP, SGLRP
 
 
-def _time(fn, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def _round_robin(fns, repeats):
     """Median time per method; the methods alternate within every round, so a transient
     slowdown of the machine hits all of them alike."""

@@ -73,10 +73,8 @@ def methods(arch: str, model) -> Dict[str, Callable]:
     return out
 
 
-def bench(arch: str, batch: int, size: int, repeat: int, only: List[str]) -> List[tuple]:
-    model = _model(arch)
-    x = torch.randn(batch, 3, size, size)
-    t = [int(i) for i in torch.arange(batch) % 1000]
+def baselines(model, x: torch.Tensor, t: List[int]) -> Dict[str, Callable[[], object]]:
+    """A plain forward and forward+backward (input gradient of the target logits)."""
 
     def forward():
         with torch.no_grad():
@@ -85,22 +83,22 @@ def bench(arch: str, batch: int, size: int, repeat: int, only: List[str]) -> Lis
     def fwd_bwd():
         xx = x.clone().requires_grad_(True)
         out = model(xx)
-        torch.autograd.grad(out[torch.arange(batch), t].sum(), xx)
+        torch.autograd.grad(out[torch.arange(x.shape[0]), t].sum(), xx)
 
-    fns: Dict[str, Callable[[], object]] = {"forward": forward, "forward+backward": fwd_bwd}
-    for name, fn in methods(arch, model).items():
-        if only and not any(o in name for o in only):
-            continue
-        fns[name] = (lambda f: lambda: f(x, t))(fn)
-    # round robin: every repeat times every method once, best time kept per method, so a
-    # transient slowdown of the machine hits all methods alike instead of one baseline
+    return {"forward": forward, "forward+backward": fwd_bwd}
+
+
+def round_robin(fns: Dict[str, Callable[[], object]], repeat: int):
+    """Best time per method over ``repeat`` rounds after a warm-up; every round times every
+    method once, so a transient slowdown of the machine hits all methods alike instead of
+    one baseline.  Returns ``(best, failed)`` (``failed``: name -> error text)."""
     best: Dict[str, float] = {}
     failed: Dict[str, str] = {}
     for name, fn in fns.items():  # warm-up
         try:
             fn()
-        except Exception as exc:  # pragma: no cover - report, keep going
-            failed[name] = type(exc).__name__
+        except Exception as exc:  # report, keep going
+            failed[name] = f"{type(exc).__name__}: {exc}"[:80]
     for _ in range(repeat):
         for name, fn in fns.items():
             if name in failed:
@@ -108,6 +106,19 @@ def bench(arch: str, batch: int, size: int, repeat: int, only: List[str]) -> Lis
             t0 = time.perf_counter()
             fn()
             best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
+    return best, failed
+
+
+def bench(arch: str, batch: int, size: int, repeat: int, only: List[str]) -> List[tuple]:
+    model = _model(arch)
+    x = torch.randn(batch, 3, size, size)
+    t = [int(i) for i in torch.arange(batch) % 1000]
+    fns = baselines(model, x, t)
+    for name, fn in methods(arch, model).items():
+        if only and not any(o in name for o in only):
+            continue
+        fns[name] = (lambda f: lambda: f(x, t))(fn)
+    best, failed = round_robin(fns, repeat)
     t_fb = best["forward+backward"]
     rows = []
     for name in fns:

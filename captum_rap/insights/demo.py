@@ -32,7 +32,9 @@ DEMO_PHOTOS: Tuple[Tuple[str, Optional[int]], ...] = (
 
 def _to_unit(x: Tensor) -> Tensor:
     """Lite0 input ``(x - 127) / 128`` -> [0, 1] image."""
-    return ((x * 128.0 + 127.0) / 255.0).clamp(0.0, 1.0)
+    from ..zoo import lite0_to_unit
+
+    return lite0_to_unit(x)
 
 
 def _lite0_normalize(x: Tensor) -> Tensor:
