@@ -29,7 +29,7 @@ EPS = 1e-20
 
 def _parts(v, like):
     if isinstance(v, CDTensor):
-        return v._rel, v._irr
+        return v.rel, v.irr
     if v is None:
         z = torch.zeros_like(like)
         return z, z
@@ -135,5 +135,10 @@ def cd_lstm(args, kwargs, where):
     out_r, out_i = layer_in
     if bf:
         out_r, out_i = out_r.transpose(0, 1), out_i.transpose(0, 1)
-    return (CDTensor(out_r, out_i), CDTensor(torch.stack(hs_r), torch.stack(hs_i)),
-            CDTensor(torch.stack(cs_r), torch.stack(cs_i)))
+    total_form = isinstance(x, CDTensor) and x._is_tot
+
+    def wrap(r, i):  # same representation as the input
+        return CDTensor(r, tot=r + i) if total_form else CDTensor(r, i)
+
+    return (wrap(out_r, out_i), wrap(torch.stack(hs_r), torch.stack(hs_i)),
+            wrap(torch.stack(cs_r), torch.stack(cs_i)))

@@ -19,6 +19,18 @@ Rules (``rel`` = relevant part, ``irr`` = irrelevant part):
 * ReLU family ``f``: ``rel' = f(rel)``, ``irr' = f(rel + irr) - f(rel)``;
 * max pooling: the arg-max of ``rel + irr`` selects the entries of both parts;
 * ``torch.lstm``: see :mod:`captum_rap._cd.lstm`.
+
+Representation.  In the default mode a decomposed tensor carries ``rel`` and the *total*
+``tot = rel + irr`` (``irr`` is ``tot - rel`` when a rule needs it).  The total never depends
+on the masks (it is the model's own activation for the unmasked input), so it is computed
+once for all masks of a forward: the input's total is the input expanded along the batch
+axis (stride 0), and every batch-wise rule (conv, linear, batch norm, activations, pooling,
+sums, concatenations, scaling) runs on one row of it and expands the result again.  A
+decomposition of K masks therefore costs about one forward of the K relevant parts plus
+one forward of a single image, instead of two forwards of K (relevant and irrelevant).
+The arg-max of max pooling is the model's own (that of the true activation).  In
+``reference`` mode the tensor carries ``rel`` and ``irr`` and every rule uses the
+reference's arithmetic (``M(x) - M(0)``, batch norm's residual).
 """
 
 from __future__ import annotations
@@ -105,21 +117,30 @@ def cd_context(model: torch.nn.Module, reference: bool = False, linear_bias_to_n
 class CDTensor(torch.Tensor):
     """An activation split as ``rel + irr`` (relevant and irrelevant parts).
 
-    The tensor's own storage is that of ``rel`` (it only provides shape, dtype and device
-    for the model's metadata queries); every computation goes through the rules.
+    Built as ``CDTensor(rel, irr)`` (two parts, reference mode) or ``CDTensor(rel,
+    tot=total)`` (relevant part and total, the default mode; see the module docstring).
+    The properties :attr:`rel`, :attr:`irr` and :attr:`tot` work in both.  The tensor's
+    own storage is that of ``rel`` (it only provides shape, dtype and device for the
+    model's metadata queries); every computation goes through the rules.
     """
 
     _rel: torch.Tensor
-    _irr: torch.Tensor
+    _sec: torch.Tensor  # ``irr`` (two-part form) or ``tot`` (total form)
+    _is_tot: bool
     _partial_view: bool
 
     @staticmethod
-    def __new__(cls, rel: torch.Tensor, irr: torch.Tensor, partial_view: bool = False):
-        if rel.shape != irr.shape:
-            rel, irr = torch.broadcast_tensors(rel, irr)
+    def __new__(cls, rel: torch.Tensor, irr: Optional[torch.Tensor] = None, partial_view: bool = False,
+                *, tot: Optional[torch.Tensor] = None):
+        if (irr is None) == (tot is None):
+            raise TypeError("CDTensor needs exactly one of irr and tot")
+        sec = irr if tot is None else tot
+        if rel.shape != sec.shape:  # views: a total may stay expanded (stride 0)
+            rel, sec = torch.broadcast_tensors(rel, sec)
         t = torch.Tensor._make_subclass(cls, rel.detach(), False)
         t._rel = rel
-        t._irr = irr
+        t._sec = sec
+        t._is_tot = tot is not None
         t._partial_view = partial_view
         return t
 
@@ -132,10 +153,14 @@ class CDTensor(torch.Tensor):
 
     @property
     def irr(self) -> torch.Tensor:
-        return self._irr
+        return self._sec - self._rel if self._is_tot else self._sec
+
+    @property
+    def tot(self) -> torch.Tensor:
+        return self._sec if self._is_tot else self._rel + self._sec
 
     def __repr__(self, *args, **kwargs):  # pragma: no cover - debugging aid
-        return "CDTensor(shape=%s, rel=%r, irr=%r)" % (tuple(self._rel.shape), self._rel, self._irr)
+        return "CDTensor(shape=%s, rel=%r, irr=%r)" % (tuple(self._rel.shape), self._rel, self.irr)
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
@@ -240,15 +265,18 @@ def _iter_args(args, kwargs):
             yield a
 
 
-def _new(rel, irr, partial_view=False):
-    return CDTensor(rel, irr, partial_view)
+def _new(rel, sec, partial_view=False, is_tot=False):
+    """Decomposed tensor from ``rel`` and ``sec`` (``tot`` if ``is_tot`` else ``irr``)."""
+    if is_tot:
+        return CDTensor(rel, None, partial_view, tot=sec)
+    return CDTensor(rel, sec, partial_view)
 
 
-def _wrap_pair(out_r, out_i, partial_view=False):
+def _wrap_pair(out_r, out_s, partial_view=False, is_tot=False):
     if isinstance(out_r, torch.Tensor):
-        return _new(out_r, out_i, partial_view)
+        return _new(out_r, out_s, partial_view, is_tot)
     if isinstance(out_r, (list, tuple)):
-        res = [_wrap_pair(a, b, partial_view) for a, b in zip(out_r, out_i)]
+        res = [_wrap_pair(a, b, partial_view, is_tot) for a, b in zip(out_r, out_s)]
         return type(out_r)(res) if isinstance(out_r, list) else tuple(res)
     return out_r
 
@@ -260,7 +288,8 @@ def _set_inplace(target: CDTensor, result: CDTensor) -> CDTensor:
             "supported (the base tensor would not see it)." % _where()
         )
     target._rel = result._rel
-    target._irr = result._irr
+    target._sec = result._sec
+    target._is_tot = result._is_tot
     return target
 
 
@@ -286,12 +315,50 @@ def _oop_func(func, name):
 
 
 # --------------------------------------------------------------------------------------
+# the shared total: expanded along the batch axis (stride 0), computed on one row
+# --------------------------------------------------------------------------------------
+def _shared(t) -> bool:
+    """True for a tensor expanded along dim 0 (all rows are one row)."""
+    return isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] > 1 and t.stride(0) == 0
+
+
+def _bcast(t: torch.Tensor, k: int) -> torch.Tensor:
+    return t.expand((k,) + tuple(t.shape[1:]))
+
+
+def _rowwise(f, t: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """``f(t, ...)`` for an ``f`` that treats dim 0 as a batch axis: on one row of a shared
+    ``t`` (re-expanded), else on ``t`` itself."""
+    if _shared(t):
+        return _bcast(f(t[:1], *args, **kwargs), t.shape[0])
+    return f(t, *args, **kwargs)
+
+
+def _mode_of(args, kwargs) -> bool:
+    for a in _iter_args(args, kwargs):
+        if _is_cd(a):
+            return a._is_tot
+    return not _STATE.reference
+
+
+# --------------------------------------------------------------------------------------
 # rules
 # --------------------------------------------------------------------------------------
-def _substitute(args, kwargs, which: str):
+def _sec_as(v: CDTensor, is_tot: bool) -> torch.Tensor:
+    """Second slot of ``v`` in the representation ``is_tot``."""
+    if v._is_tot == is_tot:
+        return v._sec
+    return v.tot if is_tot else v.irr
+
+
+def _substitute(args, kwargs, which: str, is_tot: bool = False):
     """Replace decomposed tensors by one of their parts (top-level args / kwargs)."""
-    a2 = [getattr(a, which) if _is_cd(a) else a for a in args]
-    k2 = {k: (getattr(v, which) if _is_cd(v) else v) for k, v in kwargs.items()}
+    if which == "_rel":
+        a2 = [a._rel if _is_cd(a) else a for a in args]
+        k2 = {k: (v._rel if _is_cd(v) else v) for k, v in kwargs.items()}
+    else:
+        a2 = [_sec_as(a, is_tot) if _is_cd(a) else a for a in args]
+        k2 = {k: (_sec_as(v, is_tot) if _is_cd(v) else v) for k, v in kwargs.items()}
     return a2, k2
 
 
@@ -301,6 +368,36 @@ def _count_cd(args, kwargs) -> int:
 
 _PARTIAL_VIEWS = {"__getitem__", "narrow", "select", "split", "chunk", "unbind", "tensor_split",
                   "diagonal", "split_with_sizes", "unsafe_split", "unsafe_chunk"}
+
+# linear functions that treat dim 0 as a batch axis (for the shared total)
+_ROWWISE = {
+    "mul", "__mul__", "__rmul__", "multiply", "div", "__truediv__", "true_divide", "divide",
+    "neg", "__neg__", "negative", "__pos__", "positive", "clone", "contiguous", "to", "float",
+    "double", "half", "bfloat16", "cpu", "cuda", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "interpolate",
+    "upsample", "upsample_nearest", "upsample_bilinear", "pixel_shuffle", "pixel_unshuffle",
+    "channel_shuffle", "native_channel_shuffle",
+}
+_REDUCTIONS = {"mean", "sum", "nansum", "cumsum"}
+
+
+def _rowwise_ok(base: str, sec: torch.Tensor, args, kwargs) -> bool:
+    """Whether ``base(sec, *args)`` may be computed on one row of a shared ``sec``."""
+    if not _shared(sec):
+        return False
+    if base in _REDUCTIONS:
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        if dim is None or isinstance(dim, str):
+            return False
+        dims = [dim] if isinstance(dim, int) else list(dim)
+        if not dims or any((int(d) % sec.dim()) == 0 for d in dims):
+            return False
+    elif base not in _ROWWISE:
+        return False
+    for a in list(args) + list(kwargs.values()):  # constants must not vary along dim 0
+        if isinstance(a, torch.Tensor) and not _is_cd(a) and a.dim() >= sec.dim() and a.shape[0] != 1:
+            return False
+    return True
 
 
 def _unary_linear(func, name, args, kwargs):
@@ -313,9 +410,24 @@ def _unary_linear(func, name, args, kwargs):
             % (name, _where(), "several" if n > 1 else "nested")
         )
     f, inplace = _oop_func(func, name)
+    is_tot = _mode_of(args, kwargs)
     ar, kr = _substitute(args, kwargs, "_rel")
-    ai, ki = _substitute(args, kwargs, "_irr")
-    out = _wrap_pair(f(*ar, **kr), f(*ai, **ki), name in _PARTIAL_VIEWS)
+    asec, ksec = _substitute(args, kwargs, "_sec", is_tot)
+    out_r = f(*ar, **kr)
+    out_s = None
+    if is_tot:
+        base = _inplace_name(name) or name
+        pos = next((j for j, a in enumerate(args) if _is_cd(a)), None)
+        sec = asec[pos] if pos is not None else None
+        if sec is not None and _rowwise_ok(base, sec, asec[:pos] + [None] + asec[pos + 1:], ksec):
+            a1 = list(asec)
+            a1[pos] = sec[:1]
+            o = f(*a1, **ksec)
+            if isinstance(o, torch.Tensor) and o.dim() >= 1 and o.shape[0] == 1:
+                out_s = _bcast(o, sec.shape[0])
+    if out_s is None:
+        out_s = f(*asec, **ksec)
+    out = _wrap_pair(out_r, out_s, name in _PARTIAL_VIEWS, is_tot)
     if inplace:
         if not _is_cd(args[0]):
             raise UnsupportedOperationError(
@@ -335,20 +447,27 @@ def _div(func, name, args, kwargs):
 def _identity(func, name, args, kwargs):
     """Dropout: identity (the model is expected in eval mode)."""
     x = args[0] if args else kwargs.get("input")
-    return x if _inplace_flag(func, args, kwargs) else _new(x._rel, x._irr)
+    return x if _inplace_flag(func, args, kwargs) else _new(x._rel, x._sec, False, x._is_tot)
 
 
-def _parts(v, like=None):
+def _parts(v, is_tot: bool):
+    """``(rel, sec)`` of an operand; ``rel`` is None for a constant (all of it is ``irr``)."""
     if _is_cd(v):
-        return v._rel, v._irr
-    if isinstance(v, torch.Tensor):
-        return torch.zeros_like(v), v
-    return 0, v
+        return v._rel, _sec_as(v, is_tot)
+    return None, v
 
 
 _ADD_NAMES = {"add", "__add__", "__radd__", "add_", "__iadd__"}
 _SUB_NAMES = {"sub", "__sub__", "sub_", "__isub__", "subtract"}
 _RSUB_NAMES = {"__rsub__", "rsub"}
+
+
+def _axpy(a, b, coef):
+    """``a + coef * b`` where either may be None (zero)."""
+    if b is None:
+        return a
+    b = b if coef == 1 else coef * b
+    return b if a is None else a + b
 
 
 def _add_sub(func, name, args, kwargs):
@@ -362,14 +481,22 @@ def _add_sub(func, name, args, kwargs):
         sign = -1
     else:
         sign = 1
-    ra, ia = _parts(a)
-    rb, ib = _parts(b)
+    is_tot = _mode_of(args, kwargs)
+    ra, sa = _parts(a, is_tot)
+    rb, sb = _parts(b, is_tot)
     coef = sign * alpha
-    # at least one operand is decomposed, so ``rel`` is a tensor; constants go to ``irr``
-    rel = ra + coef * rb
-    irr = ia + coef * ib
-    rel, irr = torch.broadcast_tensors(torch.as_tensor(rel), torch.as_tensor(irr))
-    out = _new(rel, irr)
+    # at least one operand is decomposed; constants go to ``irr`` (hence to ``tot``)
+    rel = torch.as_tensor(_axpy(ra, rb, coef))
+    if is_tot and _shared(sa) and _shared(sb) and sa.shape == sb.shape:
+        sec = _bcast(_axpy(sa[:1], sb[:1], coef), sa.shape[0])  # e.g. a residual addition
+    elif is_tot and _shared(sa) and not isinstance(sb, torch.Tensor):
+        sec = _bcast(_axpy(sa[:1], sb, coef), sa.shape[0])  # plus a Python number
+    elif is_tot and _shared(sb) and not isinstance(sa, torch.Tensor):
+        sec = _bcast(_axpy(sa, sb[:1], coef), sb.shape[0])
+    else:
+        sec = torch.as_tensor(_axpy(sa, sb, coef))
+    rel, sec = torch.broadcast_tensors(rel, sec)
+    out = _new(rel, sec, False, is_tot)
     if name in ("add_", "__iadd__", "sub_", "__isub__"):
         if not _is_cd(args[0]):
             raise UnsupportedOperationError(
@@ -383,12 +510,21 @@ def _joint_linear(func, name, args, kwargs):
     seq = args[0] if args else kwargs.get("tensors")
     rest = list(args[1:])
     kw = {k: v for k, v in kwargs.items() if k != "tensors"}
-    rl, il = [], []
+    is_tot = _mode_of(list(seq), {})
+    rl, sl = [], []
     for t in seq:
-        r, i = _parts(t)
-        rl.append(r)
-        il.append(i)
-    return _new(func(rl, *rest, **kw), func(il, *rest, **kw))
+        r, s_ = _parts(t, is_tot)
+        rl.append(torch.zeros_like(t) if r is None else r)
+        sl.append(s_)
+    out_s = None
+    if is_tot and name in ("cat", "concat", "concatenate") and sl and all(_shared(v) for v in sl) \
+            and len({v.shape[0] for v in sl}) == 1:
+        dim = kw.get("dim", rest[0] if rest else 0)
+        if isinstance(dim, int) and dim % sl[0].dim() != 0:  # e.g. DenseNet / Inception concat
+            out_s = _bcast(func([v[:1] for v in sl], *rest, **kw), sl[0].shape[0])
+    if out_s is None:
+        out_s = func(sl, *rest, **kw)
+    return _new(func(rl, *rest, **kw), out_s, False, is_tot)
 
 
 def _pad(func, name, args, kwargs):
@@ -399,10 +535,18 @@ def _pad(func, name, args, kwargs):
     mode = sig.get("mode", "constant")
     value = sig.get("value", None)
     p = sig["pad"]
+    sec = x._sec
     if mode == "constant":
-        return _new(F.pad(x._rel, p, mode="constant", value=0.0),
-                    F.pad(x._irr, p, mode="constant", value=value if value is not None else 0.0))
-    return _new(F.pad(x._rel, p, mode=mode), F.pad(x._irr, p, mode=mode))
+        def fs(t):
+            return F.pad(t, p, mode="constant", value=value if value is not None else 0.0)
+        rel = F.pad(x._rel, p, mode="constant", value=0.0)
+    else:
+        def fs(t):
+            return F.pad(t, p, mode=mode)
+        rel = F.pad(x._rel, p, mode=mode)
+    if x._is_tot and len(p) // 2 < sec.dim():
+        return _new(rel, _rowwise(fs, sec), False, True)
+    return _new(rel, fs(sec), False, x._is_tot)
 
 
 _SIG_CACHE: Dict[Any, inspect.Signature] = {}
@@ -428,7 +572,7 @@ def _inplace_flag(func, args, kwargs) -> bool:
 
 
 def _activation(func, name, args, kwargs):
-    """ReLU family: rel' = f(rel), irr' = f(rel + irr) - f(rel)."""
+    """ReLU family: rel' = f(rel), irr' = f(rel + irr) - f(rel)  (total: tot' = f(tot))."""
     x = args[0] if args else kwargs.get("input")
     others = list(args[1:]) + [v for k, v in kwargs.items() if k != "input"]
     if not _is_cd(x) or any(_is_cd(v) for v in others):
@@ -457,9 +601,12 @@ def _activation(func, name, args, kwargs):
         def fn(t):
             return f(t, *rest_a, **kw)
     rel = fn(x._rel)
-    irr = fn(x._rel + x._irr)
-    irr = irr.sub_(rel) if irr.shape == rel.shape and irr.dtype == rel.dtype else irr - rel
-    out = _new(rel, irr)
+    if x._is_tot:
+        out = _new(rel, _rowwise(fn, x._sec), False, True)
+    else:
+        irr = fn(x._rel + x._sec)
+        irr = irr.sub_(rel) if irr.shape == rel.shape and irr.dtype == rel.dtype else irr - rel
+        out = _new(rel, irr)
     return _set_inplace(x, out) if inplace else out
 
 
@@ -473,14 +620,11 @@ def _split_bias(r, i, b):
     return r + pr * b, i + pi * b
 
 
-def _split_bias_fast(r, i, b):
-    """Same split with fewer temporaries (``b / den`` computed once; equal up to rounding)."""
+def _rel_share(r, i, b):
+    """``r + (|r|+eps)/(|r|+|i|+2eps) * b`` with few temporaries (``i`` is consumed)."""
     ar = r.abs()
-    ai = i.abs()
-    w = torch.add(ar, ai).add_(2 * EPS).reciprocal_().mul_(b)
-    rel = ar.add_(EPS).mul_(w).add_(r)
-    irr = ai.add_(EPS).mul_(w).add_(i)
-    return rel, irr
+    w = i.abs_().add_(ar).add_(2 * EPS).reciprocal_().mul_(b)
+    return ar.add_(EPS).mul_(w).add_(r)
 
 
 _CONV_NAMES = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear"}
@@ -504,11 +648,11 @@ def _affine(func, name, args, kwargs):
         bias = kwargs.pop("bias", None)
         rest = []
     kwargs.pop("bias", None)
-    if _STATE.reference:
+    if not x._is_tot:  # the reference's arithmetic, rel and irr carried separately
         if name == "linear" and _STATE.linear_bias_to_neither:
-            return _new(func(x._rel, weight, None, *rest, **kwargs), func(x._irr, weight, None, *rest, **kwargs))
+            return _new(func(x._rel, weight, None, *rest, **kwargs), func(x._sec, weight, None, *rest, **kwargs))
         r = func(x._rel, weight, bias, *rest, **kwargs)
-        i = func(x._irr, weight, bias, *rest, **kwargs)
+        i = func(x._sec, weight, bias, *rest, **kwargs)
         if bias is None:  # M(0) = 0
             return _new(r, i)
         # M(0) of a zero-padded conv / linear is the bias broadcast, bit for bit
@@ -520,25 +664,25 @@ def _affine(func, name, args, kwargs):
         i = i - zero
         rel, irr = _split_bias(r, i, zero)
         return _new(rel, irr)
-    n = x._rel.shape[0] if x._rel.dim() > 0 else 0
-    batched = x._rel.dim() >= 2 if name == "linear" else x._rel.dim() == weight.dim()
+    # total form: W tot once (one row of the shared total), W rel for every mask
+    tot = x._sec
+    batched = tot.dim() >= 2 if name == "linear" else tot.dim() == weight.dim()
+    r = func(x._rel, weight, None, *rest, **kwargs)
     if batched:
-        both = func(torch.cat([x._rel, x._irr], 0), weight, None, *rest, **kwargs)
-        r, i = both[:n], both[n:]
+        wt = _rowwise(func, tot, weight, None, *rest, **kwargs)
     else:
-        r = func(x._rel, weight, None, *rest, **kwargs)
-        i = func(x._irr, weight, None, *rest, **kwargs)
+        wt = func(tot, weight, None, *rest, **kwargs)
     if bias is None:
-        return _new(r, i)
+        return _new(r, wt, False, True)
     if name == "linear":
         b = bias
     else:  # channel dim 1 (batched) or 0 (unbatched conv)
-        ch = 1 if r.dim() == x._rel.dim() and (x._rel.dim() - weight.dim()) == 0 else 0
         shape = [1] * r.dim()
-        shape[ch] = -1
+        shape[1 if batched else 0] = -1
         b = bias.view(shape)
-    rel, irr = _split_bias_fast(r, i, b)
-    return _new(rel, irr)
+    rel = _rel_share(r, wt - r, b)
+    tot_out = _rowwise(torch.add, wt, b) if batched else wt + b
+    return _new(rel, tot_out, False, True)
 
 
 def _batch_norm(func, name, args, kwargs):
@@ -552,16 +696,16 @@ def _batch_norm(func, name, args, kwargs):
             "map, and running statistics would be updated). Put the model in eval mode "
             "(`model.eval()`) before calling CD." % _where())
     rm, rv, w, b, eps = a["running_mean"], a["running_var"], a["weight"], a["bias"], a["eps"]
-    if _STATE.reference:
+    if not x._is_tot:  # the reference's arithmetic
         def M(t):
             return F.batch_norm(t, rm, rv, w, b, False, 0.0, eps)
-        c = M(torch.zeros_like(x._irr))
+        c = M(torch.zeros_like(x._sec))
         r = M(x._rel) - c
-        i = M(x._irr) - c
+        i = M(x._sec) - c
         pr = r.abs() / (r.abs() + i.abs())
         pr = torch.where(torch.isnan(pr), torch.zeros_like(pr), pr)
         rel = r + pr * c
-        irr = M(x._rel + x._irr) - rel
+        irr = M(x._rel + x._sec) - rel
         return _new(rel, irr)
     shape = [1] * x._rel.dim()
     shape[1 if x._rel.dim() > 1 else 0] = -1
@@ -574,13 +718,12 @@ def _batch_norm(func, name, args, kwargs):
     scale = scale.view(shape).to(x._rel.dtype)
     shift = shift.view(shape).to(x._rel.dtype)
     r = x._rel * scale
-    i = x._irr * scale
-    ar, ai = r.abs(), i.abs()
-    pr = ar / (ar + ai)
-    pr = torch.where(torch.isnan(pr), torch.zeros_like(pr), pr)
-    rel = r + pr * shift
-    irr = i + (1 - pr) * shift
-    return _new(rel, irr)
+    st = _rowwise(torch.mul, x._sec, scale)
+    ar = r.abs()
+    pr = ar / (st - r).abs_().add_(ar)  # |r| / (|r| + |i|); 0/0 -> the whole shift to irr
+    pr = torch.nan_to_num_(pr, nan=0.0)
+    rel = pr.mul_(shift).add_(r)
+    return _new(rel, _rowwise(torch.add, st, shift), False, True)
 
 
 # ---- max pooling ---------------------------------------------------------------------
@@ -615,17 +758,28 @@ def _max_pool(func, name, args, kwargs):
         args = args[: pos_ri - 1]
     if name.endswith("with_indices"):
         want_idx = True
-    total = x._rel + x._irr
-    out, idx = fwi(total, *args, **kwargs)
+    # the arg-max of the true activation (in the total form: the model's own choice,
+    # computed once for all masks)
+    total = x._sec if x._is_tot else x._rel + x._sec
+    k = total.shape[0] if x._is_tot and _shared(total) else None
+    base = total[:1] if k else total
+    out, idx = fwi(base, *args, **kwargs)
     if _STATE.pool_replay is not None:
         idx = _STATE.pool_replay.pop(0)
+        sd = idx.dim() - nd
+        out = base.flatten(sd).gather(sd, idx.flatten(sd)).view_as(out)
     if _STATE.pool_record is not None:
         _STATE.pool_record.append(idx)
+    if k:
+        idx = _bcast(idx, k)
+        out = _bcast(out, k)
     sd = idx.dim() - nd
     fi = idx.flatten(sd)
     rel = x._rel.flatten(sd).gather(sd, fi).view_as(out)
-    irr = x._irr.flatten(sd).gather(sd, fi).view_as(out)
-    res = _new(rel, irr)
+    if x._is_tot:
+        res = _new(rel, out, False, True)
+    else:
+        res = _new(rel, x._sec.flatten(sd).gather(sd, fi).view_as(out))
     return (res, idx) if want_idx else res
 
 
@@ -642,7 +796,9 @@ def _embedding(func, name, args, kwargs):
     with torch._C.DisableTorchFunctionSubclass():
         e = F.embedding(**a)
         m = ids._mask.to(e.dtype).unsqueeze(-1)
-        return _new(m * e, (1 - m) * e)
+        if _STATE.reference:
+            return _new(m * e, (1 - m) * e)
+        return _new(m * e, e, False, True)
 
 
 def _lstm(func, name, args, kwargs):
@@ -724,7 +880,7 @@ def split_output(out) -> Tuple[torch.Tensor, torch.Tensor]:
     if isinstance(out, dict):
         out = next(iter(out.values()))
     if _is_cd(out):
-        return out._rel, out._irr
+        return out.rel, out.irr
     if isinstance(out, torch.Tensor):
         return torch.zeros_like(out), out
     raise TypeError("CD: the model returned %r, expected a tensor" % type(out))

@@ -246,12 +246,9 @@ class CD(Attribution):
                     cd_in = TokenCDTensor(x.contiguous(), m.contiguous())
                 else:
                     if self.reference_compatible:
-                        rel0 = m * x
-                        irr0 = (1 - m) * x
-                    else:
-                        rel0 = m * x
-                        irr0 = x - rel0 if bool(((m == 0) | (m == 1)).all()) else (1 - m) * x
-                    cd_in = CDTensor(rel0, irr0)
+                        cd_in = CDTensor(m * x, (1 - m) * x)
+                    else:  # relevant part and total (the input, expanded: computed once)
+                        cd_in = CDTensor(m * x, tot=x)
                 args = (cd_in,) + (tuple(_repeat_args(afa, k, bd)) if afa else ())
                 out = self.model(*args)
                 r, i = split_output(out)
