@@ -257,3 +257,42 @@ def test_establish_correspondence_matches_reference_label_rules():
     many[0, ::2] = True
     c = label_components(many, 2)
     assert np.array_equal(establish_correspondence(np.zeros_like(c), c), c)
+
+
+def test_deferred_evaluations_leave_the_hierarchy_and_lists_unchanged():
+    """``agglomerate_2d(defer=True)`` skips the combined tiles and the last step's border
+    gains (no part of the hierarchy); ``finish()`` then fills exactly the lists of the
+    undeferred run.  A deterministic non-additive score stands in for CD."""
+    from captum_rap._cd.agglomerate import CachedScorer, agglomerate_2d
+
+    rng = np.random.default_rng(3)
+    W = rng.integers(-9, 10, size=(3, 12, 12)).astype(float)  # exact sums, whatever the batch
+
+    def fn(masks):
+        m = np.stack(masks).reshape(len(masks), -1).astype(float)
+        lin = m @ W.reshape(3, -1).T
+        return lin + 0.05 * lin ** 2 * np.sign(lin[:, :1])  # (K, 3)
+
+    a = CachedScorer(fn)
+    full = agglomerate_2d(a, (12, 12), 0, 90, 4)
+    b = CachedScorer(fn)
+    lists, finish = agglomerate_2d(b, (12, 12), 0, 90, 4, defer=True)
+    n_hier = b.evaluations
+    assert n_hier < a.evaluations
+    assert all(np.array_equal(x, y) for x, y in zip(lists["comps_list"], full["comps_list"]))
+    assert len(lists["comps_list"]) == len(full["comps_list"]) > lists["num_before_final"]
+    for x, y in zip(lists["comp_scores_raw_list"], full["comp_scores_raw_list"]):
+        assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+    assert any(v is None for v in lists["comp_scores_raw_combined_list"])
+    finish()
+    assert b.evaluations == a.evaluations
+    for key in ("scores_list", "im_thresh_list", "comp_scores_raw_combined_list"):
+        assert len(lists[key]) == len(full[key])
+        for x, y in zip(lists[key], full[key]):
+            assert np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True), key
+
+
+def test_hierarchy_defers_raw_entries(image_acd):
+    h, d, m, x = image_acd
+    assert h.deferred_evaluations > 0  # image_acd's tests read h.raw (completing it)
+    assert h.cd_evaluations + h.deferred_evaluations <= h.reference_cd_calls

@@ -18,7 +18,7 @@ everything is selected; non-square images work.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -153,8 +153,16 @@ def _neighbour_cells(blob: np.ndarray) -> List[tuple]:
 
 
 def agglomerate_2d(scorer: CachedScorer, grid_shape, label: int, percentile_include: float,
-                   num_iters: int) -> dict:
-    """ACD for a 2-D grid of blocks.  Returns the reference's ``lists`` dictionary."""
+                   num_iters: int, defer: bool = False):
+    """ACD for a 2-D grid of blocks.  Returns the reference's ``lists`` dictionary.
+
+    With ``defer=True`` the CD evaluations that cannot change the hierarchy (its groups,
+    their scores and the unit scores) are not made: the combined tile of every step
+    (``comp_scores_raw_combined_list``) and the border-cell gains of the last growth step
+    (they only enter ``scores_list`` / ``im_thresh_list`` after the last blob labelling).
+    Returns ``(lists, finish)`` then: ``finish()`` makes those evaluations and fills the
+    entries in place (they are None until then).
+    """
     gh, gw = grid_shape
     G = gh * gw
     full = np.ones((gh, gw), dtype=bool)
@@ -172,12 +180,23 @@ def agglomerate_2d(scorer: CachedScorer, grid_shape, label: int, percentile_incl
     def s(m):
         return float(scorer(m)[label])
 
+    def gains_and_threshold(scores_track, selected, owner, blobs, comp_scores):
+        for cell, k in owner.items():
+            m = blobs[k].copy()
+            m[cell] = True
+            scores_track[cell] = s(m) - float(comp_scores[k][label])
+        scores_track[selected] = np.nan
+        new = threshold_scores_2d(scores_track, percentile_include)
+        return smooth_im_thresh(selected, new)
+
     selected = threshold_scores_2d(scores_track, percentile_include)
     scores_list = [scores_track.copy()]
     im_thresh_list = [selected.copy()]
     comps_list: List[np.ndarray] = []
     comp_scores_raw_list: List[dict] = [{0: full_vec}]
-    combined_list: List[np.ndarray] = []
+    combined_list: List[Optional[np.ndarray]] = []
+    combined_masks: List[np.ndarray] = []
+    last_step = None  # deferred gains of the last growth step
     prev = None
     for step in range(num_iters):
         if selected.all():
@@ -199,26 +218,29 @@ def agglomerate_2d(scorer: CachedScorer, grid_shape, label: int, percentile_incl
             for cell in cands[k]:
                 if not selected[cell]:
                     owner[cell] = k
-        todo = [blobs[k] for k in ids] + [combined]
-        for cell, k in owner.items():
-            m = blobs[k].copy()
-            m[cell] = True
-            todo.append(m)
+        final = defer and step == num_iters - 1
+        todo = [blobs[k] for k in ids]
+        if not defer:
+            todo.append(combined)
+        if not final:
+            for cell, k in owner.items():
+                m = blobs[k].copy()
+                m[cell] = True
+                todo.append(m)
         scorer.prefetch(todo)
         comp_scores = {k: scorer(blobs[k]) for k in ids}
-        comb_vec = scorer(combined)
-        for cell, k in owner.items():
-            m = blobs[k].copy()
-            m[cell] = True
-            scores_track[cell] = s(m) - float(comp_scores[k][label])
-        scores_track[selected] = np.nan
-        new = threshold_scores_2d(scores_track, percentile_include)
-        selected = smooth_im_thresh(selected, new)
-        scores_list.append(scores_track.copy())
-        im_thresh_list.append(selected.copy())
+        combined_masks.append(combined)
+        combined_list.append(None if defer else scorer(combined))
+        if final:
+            last_step = (scores_track.copy(), selected.copy(), owner, blobs, comp_scores)
+            scores_list.append(None)
+            im_thresh_list.append(None)
+        else:
+            selected = gains_and_threshold(scores_track, selected, owner, blobs, comp_scores)
+            scores_list.append(scores_track.copy())
+            im_thresh_list.append(selected.copy())
         comps_list.append(comps.copy())
         comp_scores_raw_list.append(comp_scores)
-        combined_list.append(comb_vec)
         prev = comps
     comps_list = [np.zeros((gh, gw), dtype=np.int64)] + comps_list
     num_before_final = len(im_thresh_list)
@@ -245,10 +267,12 @@ def agglomerate_2d(scorer: CachedScorer, grid_shape, label: int, percentile_incl
         d[a] = scorer(comps == a)
         comps_list.append(comps.copy())
         comp_scores_raw_list.append(d)
-        scores_list.append(scores_list[-1].copy())
-        im_thresh_list.append(im_thresh_list[-1].copy())
+        # the reference repeats the last entries of these lists at every merge
+        scores_list.append(None if scores_list[-1] is None else scores_list[-1].copy())
+        im_thresh_list.append(None if im_thresh_list[-1] is None else im_thresh_list[-1].copy())
         combined_list.append(combined_list[-1] if combined_list else full_vec)
-    return {
+    n_merges = len(comps_list) - num_before_final
+    lists = {
         "scores_list": scores_list,
         "im_thresh_list": im_thresh_list,
         "comps_list": comps_list,
@@ -258,6 +282,33 @@ def agglomerate_2d(scorer: CachedScorer, grid_shape, label: int, percentile_incl
         "num_before_final": num_before_final,
         "reference_cd_calls": ref_calls,
     }
+    if not defer:
+        return lists
+
+    def finish() -> None:
+        """Make the deferred evaluations and fill the ``None`` entries of ``lists``."""
+        todo = list(combined_masks)
+        if last_step is not None:
+            _, _, owner, blobs, _ = last_step
+            for cell, k in owner.items():
+                m = blobs[k].copy()
+                m[cell] = True
+                todo.append(m)
+        scorer.prefetch(todo)
+        n_steps = len(combined_masks)
+        for j in range(n_steps):
+            combined_list[j] = scorer(combined_masks[j])
+        for j in range(n_steps, len(combined_list)):  # merge levels repeat the last one
+            combined_list[j] = combined_list[n_steps - 1] if n_steps else full_vec
+        if last_step is not None:
+            track, sel, owner, blobs, comp_scores = last_step
+            sel = gains_and_threshold(track, sel, owner, blobs, comp_scores)
+            first = num_before_final - 1
+            for j in range(first, first + 1 + n_merges):
+                scores_list[j] = track.copy()
+                im_thresh_list[j] = sel.copy()
+
+    return lists, finish
 
 
 # ======================================================================================

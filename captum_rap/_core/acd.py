@@ -67,14 +67,21 @@ class ACDHierarchy:
     ``levels[l]`` maps group ids to :class:`ACDGroup`; groups carry parent / child links,
     so the tree can be walked from any level.  ``raw`` holds the lists in the reference
     ``acd`` format (``comps_list``, ``comp_scores_raw_list``, ... for images; the
-    ``collapse_tree`` output for text).
+    ``collapse_tree`` output for text).  For images, the entries of ``raw`` that play no
+    part in the hierarchy (the combined tile's scores of every step,
+    ``comp_scores_raw_combined_list``, and the border gains of the last growth step, the
+    last entries of ``scores_list`` / ``im_thresh_list``) are computed on the first access
+    of ``raw`` (``deferred_evaluations`` more CD evaluations, with the model as it is then).
 
     Attributes:
         kind (str): ``"image"`` or ``"text"``.
         target (int): explained output index.
         levels (list of dict): groups per level.
         num_before_final (int): (images) number of growth levels before the merge phase.
-        cd_evaluations (int): masks actually decomposed (each unique mask once).
+        cd_evaluations (int): masks actually decomposed for the hierarchy (each unique
+            mask once).
+        deferred_evaluations (int): masks decomposed later to complete ``raw`` (0 until
+            ``raw`` is first read).
         reference_cd_calls (int): CD calls the reference procedure makes for the same tree.
         input_shape (tuple): shape of the explained input.
         words (list of str or None): (text) tokens, for plots.
@@ -84,11 +91,13 @@ class ACDHierarchy:
                  input_shape: Tuple[int, ...], unit_scores: np.ndarray, cd_evaluations: int,
                  reference_cd_calls: int, num_before_final: Optional[int] = None,
                  words: Optional[Sequence[str]] = None, feature_axes: Tuple[int, ...] = (),
-                 sweep_dim: int = 1) -> None:
+                 sweep_dim: int = 1, finish: Optional[Callable[[], int]] = None) -> None:
         self.kind = kind
         self.target = int(target)
         self.levels = levels
-        self.raw = raw
+        self._raw = raw
+        self._finish = finish
+        self.deferred_evaluations = 0
         self.input_shape = tuple(input_shape)
         self.unit_scores = unit_scores
         self.cd_evaluations = int(cd_evaluations)
@@ -98,6 +107,14 @@ class ACDHierarchy:
         self.feature_axes = feature_axes
         self.sweep_dim = sweep_dim
         self._link()
+
+    @property
+    def raw(self) -> dict:
+        """The lists in the reference ``acd`` format (completed on first access)."""
+        if self._finish is not None:
+            finish, self._finish = self._finish, None
+            self.deferred_evaluations = int(finish())
+        return self._raw
 
     # ---- structure -----------------------------------------------------------------
     def _link(self) -> None:
@@ -375,10 +392,19 @@ class ACD:
         try:
             if target is None:
                 target = int(np.argmax(scorer(np.ones((gh, gw), dtype=bool))))
-            lists = agglomerate_2d(scorer, (gh, gw), int(target), percentile_include, num_iters)
+            lists, finish_lists = agglomerate_2d(scorer, (gh, gw), int(target), percentile_include,
+                                                 num_iters, defer=True)
         finally:
             if bar is not None:
                 bar.close()
+        n_eval = scorer.evaluations
+
+        def finish() -> int:
+            scorer.progress = None  # the bar is closed
+            with torch.no_grad():
+                finish_lists()
+            return scorer.evaluations - n_eval
+
         levels: List[Dict[int, ACDGroup]] = []
         for lev, (comps, scores) in enumerate(zip(lists["comps_list"], lists["comp_scores_raw_list"])):
             groups = {}
@@ -389,8 +415,9 @@ class ACD:
         unit = to_pixels_scores(lists["scores_orig_raw"][:, int(target)].reshape(gh, gw), s, H, W)
         nd = inputs.dim()
         return ACDHierarchy("image", int(target), levels, lists, tuple(inputs.shape), unit,
-                            scorer.evaluations, lists["reference_cd_calls"],
-                            lists["num_before_final"], feature_axes=(nd - 2, nd - 1), sweep_dim=s)
+                            n_eval, lists["reference_cd_calls"],
+                            lists["num_before_final"], feature_axes=(nd - 2, nd - 1), sweep_dim=s,
+                            finish=finish)
 
     # ------------------------------------------------------------------------------
     def hierarchy_text(
