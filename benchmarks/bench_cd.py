@@ -2,29 +2,31 @@
 (PyPI ``acd==0.0.2``) measured in the same run.
 
     python benchmarks/bench_cd.py            # CD throughput at 224 px + ACD at 112 px (sweep_dim 7)
-    python benchmarks/bench_cd.py --full     # ... + ACD at 224 px (sweep_dim 14): takes long on CPU
+    python benchmarks/bench_cd.py --full     # ... + ACD at 224 px (sweep_dim 14): acd alone ~10 min
+    python benchmarks/bench_cd.py --only-224 --skip-throughput   # just the 224 px ACD comparison
     python benchmarks/bench_cd.py --quick    # tiny run (64 px, 8 masks, 8x8 grid)
     python benchmarks/bench_cd.py --no-reference   # ours only (no ``acd`` package needed)
-    python benchmarks/bench_cd.py --skip-throughput --acd-size 112 --sweep-dim 14   # smaller ACD grid
-    python benchmarks/bench_cd.py --model small     # toy CNN (2 conv, 2 max-pool), 32 px, 16x16 grid:
-                                                    # the full comparison with acd in ~2 minutes
+    python benchmarks/bench_cd.py --image noise     # a seeded N(0, 1) image instead of chelsea
+    python benchmarks/bench_cd.py --variants refcompat default dense   # which of ours to run
+    python benchmarks/bench_cd.py --model small     # toy CNN (2 conv, 2 max-pool), 32 px, 16x16 grid
 
-Durations on 2 shared CPU cores: the reference ``acd`` needs 2-5 s per CD call at 112 px and
-makes ~1500 calls for the 16x16 grid (sweep_dim 7), i.e. about an hour for its hierarchy alone.
+Input: ``skimage.data.chelsea()`` resized to the ACD size and ImageNet-normalized (``--image``).
 
 Measured:
 
-1. CD throughput: ``CD(model).decompose(x, masks)`` with 64 masks in one call, divided by a
-   plain forward of a batch of 64 images (target <= 3); the reference ``acd.cd`` for ONE mask
-   and for the 64 masks looped (batch 1 each, as its ACD does).
+1. CD throughput: ``CD(model).decompose(x, masks)`` with 64 box masks in one call, divided
+   by a plain forward of a batch of 64 images (target <= 3), also with ``local=False``
+   (every mask's relevant part computed on the whole map); the reference ``acd.cd`` for ONE
+   mask and for the 64 masks looped (batch 1 each, as its ACD does).
 2. Full ACD hierarchy (the paper's grid: 16x16 blocks, percentile 95, 5 iterations): the
    reference procedure run by the ``acd`` package itself (``acd.agg_2d.agglomerate``, its CD
-   calls counted by a wrapper), then ours in ``reference_compatible`` mode (one mask per
-   forward, the reference arithmetic), ours in ``reference_compatible`` mode batched, and ours
-   in the default mode (batched, ``W x`` computed directly).  For each: unique CD evaluations,
-   the CD calls the reference procedure makes for the same tree, wall time, and whether the
-   hierarchy equals the reference's (same labelled blobs at every level, and same groups
-   ignoring labels).
+   calls counted by a wrapper), then ours (``reference_compatible`` batched: the reference
+   arithmetic; default mode: total form, local boxes).  For each: CD evaluations made for
+   the hierarchy, the CD calls the reference procedure makes for the same tree, wall time,
+   the evaluations and time that completing the reference's other lists takes (combined
+   tiles, last step's gains: ``ACDHierarchy.raw``, deferred), and whether the hierarchy
+   equals the reference's (same labelled blobs at every level, and same groups ignoring
+   labels).
 
 The ``acd`` package is a benchmark-only anchor, never imported by ``captum_rap``.  It does not
 run unpatched on a CPU-only machine with numpy 2; the patches, all applied here and only here
@@ -119,22 +121,29 @@ def _box_masks(n, size, rng):
     return m
 
 
-def bench_throughput(model, size, n_masks, ref, ref_repeats, loop_ref, rows):
+def bench_throughput(model, size, n_masks, ref, ref_repeats, loop_ref, rows, image="noise"):
     rng = np.random.default_rng(0)
-    x = torch.randn(1, 3, size, size)
+    x = load_image(image, size)
     masks = _box_masks(n_masks, size, rng)
     xb = x.expand(n_masks, -1, -1, -1).contiguous()
+    reps = 1 if n_masks > 8 else 2
     with torch.no_grad():
-        t_fwd = _median_time(lambda: model(xb), 1 if n_masks > 8 else 2)
+        t_fwd = _median_time(lambda: model(xb), reps)
     cd = CD(model)
-    t_cd = _median_time(lambda: cd.decompose(x, masks), 1 if n_masks > 8 else 2)
+    t_cd = _median_time(lambda: cd.decompose(x, masks), reps)
+    cd_dense = CD(model, local=False)
+    t_dense = _median_time(lambda: cd_dense.decompose(x, masks), reps)
     rel, irr = cd.decompose(x, masks)
+    rel_d, _ = cd_dense.decompose(x, masks)
     with torch.no_grad():
         cons = float((rel + irr - model(x)).abs().max())
-    res = {"fwd": t_fwd, "cd": t_cd, "cons": cons}
-    print("  forward of %d images: %.3f s; CD of %d masks (one decompose call, batch_size=%d): %.3f s "
-          "(%.2fx); conservation max|rel+irr-logits| = %.1e"
-          % (n_masks, t_fwd, n_masks, cd.batch_size, t_cd, t_cd / t_fwd, cons), flush=True)
+    res = {"fwd": t_fwd, "cd": t_cd, "cd_dense": t_dense, "cons": cons,
+           "local_vs_dense": float((rel - rel_d).abs().max())}
+    print("  forward of %d images: %.3f s; CD of %d masks (one decompose call): %.3f s (%.2fx), "
+          "dense (local=False) %.3f s (%.2fx); conservation max|rel+irr-logits| = %.1e; "
+          "max|rel_local - rel_dense| = %.1e"
+          % (n_masks, t_fwd, n_masks, t_cd, t_cd / t_fwd, t_dense, t_dense / t_fwd, cons,
+             res["local_vs_dense"]), flush=True)
     if ref is not None:
         m0 = masks[0, 0].numpy()[None]
         t1 = _median_time(lambda: ref["cd"](x, model, m0, None, device="cpu"), ref_repeats)
@@ -184,14 +193,29 @@ def _save(save, name, obj):
             pickle.dump(obj, f)
 
 
-def bench_acd(model, size, sweep_dim, ref, variants, rows, percentile=95, num_iters=5, save=None):
-    torch.manual_seed(1)
-    x = torch.randn(1, 3, size, size)
+def load_image(image, size):
+    """``noise``: a seeded N(0, 1) image; else a scikit-image photo (e.g. ``chelsea``),
+    resized (bilinear) and ImageNet-normalized."""
+    if image == "noise":
+        torch.manual_seed(1)
+        return torch.randn(1, 3, size, size)
+    import skimage.data
+
+    img = torch.tensor(getattr(skimage.data, image)()).permute(2, 0, 1)[None].float() / 255
+    img = torch.nn.functional.interpolate(img, size=(size, size), mode="bilinear", align_corners=False)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return (img - mean) / std
+
+
+def bench_acd(model, size, sweep_dim, ref, variants, rows, percentile=95, num_iters=5, save=None,
+              image="noise"):
+    x = load_image(image, size)
     with torch.no_grad():
         target = int(model(x).argmax())
     g = -(-size // sweep_dim)
-    print("\nACD, %s %d px, sweep_dim %d (%dx%d grid), percentile %g, %d iterations, target %d"
-          % (MODEL_NAME[0], size, sweep_dim, g, g, percentile, num_iters, target), flush=True)
+    print("\nACD, %s %d px (%s), sweep_dim %d (%dx%d grid), percentile %g, %d iterations, target %d"
+          % (MODEL_NAME[0], size, image, sweep_dim, g, g, percentile, num_iters, target), flush=True)
     ref_lists = None
     if ref is not None:
         _RefCounter.calls = 0
@@ -211,17 +235,26 @@ def bench_acd(model, size, sweep_dim, ref, variants, rows, percentile=95, num_it
         t0 = time.perf_counter()
         h = acd.hierarchy(x, target, sweep_dim=sweep_dim, percentile_include=percentile, num_iters=num_iters)
         t = time.perf_counter() - t0
-        _save(save, "acd_%d_%s" % (size, name.replace(" ", "").replace(",", "_")), h.raw)
+        n_fwd = acd.cd.num_forwards
+        t0 = time.perf_counter()
+        raw = h.raw  # completes the reference lists (combined tiles, last step's gains)
+        t_raw = time.perf_counter() - t0
+        _save(save, "acd_%d_%s" % (size, name.replace(" ", "").replace(",", "_")), raw)
+        G = raw["scores_orig_raw"].shape[0]
         res = {"evals": h.cd_evaluations, "ref_calls": h.reference_cd_calls, "time": t,
-               "levels": len(h.raw["comps_list"]), "forwards": acd.cd.num_forwards}
-        msg = "  ours, %s: %d CD evaluations in %d forwards (the reference procedure: %d calls for this tree), %.1f s" % (
-            name, h.cd_evaluations, acd.cd.num_forwards, h.reference_cd_calls, t)
+               "levels": len(raw["comps_list"]), "forwards": n_fwd, "units": G + 1,
+               "deferred": h.deferred_evaluations, "time_raw": t_raw}
+        msg = ("  ours, %s: %d CD evaluations in %d forwards (%d of them the unit blocks and the full "
+               "image; the reference procedure: %d calls for this tree), %.1f s; the reference's "
+               "other lists (combined tiles, last step's gains): %d more evaluations, %.1f s"
+               % (name, h.cd_evaluations, n_fwd, G + 1, h.reference_cd_calls, t,
+                  h.deferred_evaluations, t_raw))
         if ref_lists is not None:
-            cmp = compare_hierarchies(h.raw, ref_lists)
+            cmp = compare_hierarchies(raw, ref_lists)
             res.update(cmp)
             res["ratio_evals"] = h.cd_evaluations / n_ref
             res["speedup"] = t_ref / t
-            ours_units = h.raw["scores_orig_raw"][:, target]
+            ours_units = raw["scores_orig_raw"][:, target]
             ref_units = np.asarray(ref_lists["scores_orig_raw"])[:, target]
             res["unit_diff"] = float(np.max(np.abs(ours_units - ref_units)))
             msg += ("; evals/acd %.3f, speed-up %.1fx; hierarchy identical: %s (same groups at %d of %d/%d levels,"
@@ -240,18 +273,22 @@ def print_table(rows, args):
     print("|---|---|")
     for name, r in rows:
         if name.startswith("CD throughput"):
+            n = int(name.split(",")[-1].split()[0])
             print("| %s: plain forward of the batch | %.3f s |" % (name, r["fwd"]))
             print("| %s: `CD.decompose` (one call) | %.3f s = **%.2fx** the forward |" % (name, r["cd"], r["cd"] / r["fwd"]))
+            print("| %s: `CD(local=False).decompose` (dense) | %.3f s = %.2fx the forward |"
+                  % (name, r["cd_dense"], r["cd_dense"] / r["fwd"]))
             if "ref1" in r:
                 print("| %s: `acd.cd`, one mask | %.3f s (%.1fx our per-mask time) |"
-                      % (name, r["ref1"], r["ref1"] / (r["cd"] / int(name.split(",")[-1].split()[0]))))
+                      % (name, r["ref1"], r["ref1"] / (r["cd"] / n)))
             if "refN" in r:
                 print("| %s: `acd.cd`, masks looped | %.2f s (%.1fx ours) |" % (name, r["refN"], r["refN"] / r["cd"]))
         elif "acd package" in name:
             print("| %s | %d CD calls, %.1f s |" % (name, r["evals"], r["time"]))
         else:
-            s = "%d evaluations in %d forwards (reference procedure: %d), %.1f s" % (
-                r["evals"], r["forwards"], r["ref_calls"], r["time"])
+            s = ("%d evaluations (%d unit blocks + full image) in %d forwards (reference procedure: %d), "
+                 "%.1f s; + %d deferred evaluations (%.1f s) for the reference's other lists" % (
+                     r["evals"], r["units"], r["forwards"], r["ref_calls"], r["time"], r["deferred"], r["time_raw"]))
             if "ratio_evals" in r:
                 s += ("; **%.2fx** acd's evaluations, **%.1fx** faster; identical hierarchy: %s "
                       "(same groups at %d/%d levels)" % (r["ratio_evals"], r["speedup"],
@@ -264,13 +301,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny run: 64 px, 8 masks, 8x8 ACD grid")
     ap.add_argument("--full", action="store_true", help="also ACD at 224 px (sweep_dim 14)")
+    ap.add_argument("--only-224", action="store_true", help="ACD at 224 px (sweep_dim 14) only")
     ap.add_argument("--no-reference", action="store_true", help="skip the acd package")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-acd", action="store_true")
-    ap.add_argument("--variants", nargs="+", default=["refcompat", "refcompat-batched", "default"],
-                    choices=["refcompat", "refcompat-batched", "default"])
+    ap.add_argument("--variants", nargs="+", default=["refcompat-batched", "default"],
+                    choices=["refcompat", "refcompat-batched", "default", "dense"])
     ap.add_argument("--model", choices=["vgg16", "small"], default="vgg16",
                     help="vgg16 (default) or a toy CNN at 32 px (fast complete comparison)")
+    ap.add_argument("--image", default="chelsea",
+                    help="ACD / throughput input: a scikit-image photo name (default chelsea) or 'noise'")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--acd-size", type=int, default=None, help="ACD input size (default 112; 64 with --quick)")
     ap.add_argument("--sweep-dim", type=int, default=None, help="ACD block size (default 7; 8 with --quick)")
@@ -293,23 +333,27 @@ def main() -> None:
     all_variants = {"refcompat": ("reference_compatible, batch 1", {"reference_compatible": True}),
                     "refcompat-batched": ("reference_compatible, batch 32",
                                           {"reference_compatible": True, "batch_size": 32}),
-                    "default": ("default mode, batch 32", {})}
+                    "default": ("default mode", {}),
+                    "dense": ("default mode, local=False", {"local": False})}
     variants = [all_variants[v] for v in args.variants]
-    if not args.skip_throughput:
+    image = "noise" if args.model == "small" else args.image
+    if not args.skip_throughput and not args.only_224:
         size, n = (64, 8) if args.quick else (224, 64)
         if args.model == "small":
             size = 32
         print("\nCD throughput, %s %d px" % (MODEL_NAME[0], size), flush=True)
-        bench_throughput(model, size, n, ref, 1 if args.quick else 3, True, rows)
+        bench_throughput(model, size, n, ref, 1 if args.quick else 3, True, rows, image=image)
     if not args.skip_acd:
+        kw = dict(save=args.save, image=image)
         if args.model == "small":
-            bench_acd(model, args.acd_size or 32, args.sweep_dim or 2, ref, variants, rows, save=args.save)
+            bench_acd(model, args.acd_size or 32, args.sweep_dim or 2, ref, variants, rows, **kw)
         elif args.quick:
-            bench_acd(model, args.acd_size or 64, args.sweep_dim or 8, ref, variants, rows, save=args.save)
+            bench_acd(model, args.acd_size or 64, args.sweep_dim or 8, ref, variants, rows, **kw)
         else:
-            bench_acd(model, args.acd_size or 112, args.sweep_dim or 7, ref, variants, rows, save=args.save)
-            if args.full:
-                bench_acd(model, 224, 14, ref, variants, rows, save=args.save)
+            if not args.only_224:
+                bench_acd(model, args.acd_size or 112, args.sweep_dim or 7, ref, variants, rows, **kw)
+            if args.full or args.only_224:
+                bench_acd(model, 224, 14, ref, variants, rows, **kw)
     print_table(rows, args)
 
 

@@ -420,6 +420,120 @@ def test_multilayer_bidirectional_lstm_batch_first():
     assert not torch.allclose(rel[1], rel[2])
 
 
+def _gru_cd_reference(x_rel, x_irr, gru):
+    """Slow, explicit GRU CD (one layer, one direction, batch 1), float64 numpy loops over
+    time and units: gates r, z and the candidate n by the three-term rule (bias first,
+    both orders averaged); products relevant-first, bias x bias by the relevant share of
+    the input (|x_rel|_1 / (|x_rel|_1 + |x_irr|_1))."""
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    W_ih = gru.weight_ih_l0.detach().numpy()
+    W_hh = gru.weight_hh_l0.detach().numpy()
+    b_ih = gru.bias_ih_l0.detach().numpy()
+    b_hh = gru.bias_hh_l0.detach().numpy()
+    H = W_hh.shape[1]
+
+    def three(a, b, c, f):
+        return (0.5 * ((f(a + c) - f(c)) + (f(a + b + c) - f(b + c))),
+                0.5 * ((f(b + c) - f(c)) + (f(a + b + c) - f(a + c))), f(c))
+
+    hr, hi = np.zeros(H), np.zeros(H)
+    outs = []
+    for t in range(x_rel.shape[0]):
+        xr, xi = x_rel[t], x_irr[t]
+        w = (np.abs(xr).sum() + 1e-20) / (np.abs(xr).sum() + np.abs(xi).sum() + 2e-20)
+        new_r, new_i = np.zeros(H), np.zeros(H)
+        for j in range(H):
+            def pre(g, vx, vh):  # linear part of gate g (0 r, 1 z, 2 n) for unit j
+                row = g * H + j
+                return W_ih[row] @ vx, W_hh[row] @ vh
+            ar, ah = pre(0, xr, hr)
+            br, bh = pre(0, xi, hi)
+            r = three(ar + ah, br + bh, b_ih[j] + b_hh[j], sig)
+            ar, ah = pre(1, xr, hr)
+            br, bh = pre(1, xi, hi)
+            z = three(ar + ah, br + bh, b_ih[H + j] + b_hh[H + j], sig)
+            nxr, nhr = pre(2, xr, hr)
+            nxi, nhi = pre(2, xi, hi)
+            u = (nhr, nhi, b_hh[2 * H + j])
+            p_rel = r[0] * (u[0] + u[2]) + r[2] * u[0] + w * r[2] * u[2]
+            p_irr = r[1] * (u[0] + u[1] + u[2]) + (r[0] + r[2]) * u[1] + (1 - w) * r[2] * u[2]
+            n = three(nxr + p_rel, nxi + p_irr, b_ih[2 * H + j], np.tanh)
+            a = (-z[0], -z[1], 1 - z[2])
+            q_rel = a[0] * (n[0] + n[2]) + a[2] * n[0] + w * a[2] * n[2]
+            q_irr = a[1] * (n[0] + n[1] + n[2]) + (a[0] + a[2]) * n[1] + (1 - w) * a[2] * n[2]
+            new_r[j] = q_rel + (z[0] + z[2]) * hr[j]
+            new_i[j] = q_irr + (z[0] + z[1] + z[2]) * hi[j] + z[1] * hr[j]
+        hr, hi = new_r, new_i
+        outs.append((hr.copy(), hi.copy()))
+    return outs
+
+
+def test_gru_matches_explicit_reference_and_conserves():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(20, 5)
+            self.gru = nn.GRU(5, 4)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, ids):  # (T, B) sequence first
+            out, h = self.gru(self.embed(ids))
+            return self.head(out[-1])
+
+    torch.manual_seed(0)
+    m = Net().double().eval()
+    with torch.no_grad():
+        for b in (m.gru.bias_ih_l0, m.gru.bias_hh_l0):
+            b.normal_(0, 0.5)
+    ids = torch.randint(0, 20, (7, 1))
+    spans = [(0, 6), (2, 3), (6, 6), (0, 0)]
+    cd = CD(m, batch_dim=1)
+    rel, irr = cd.decompose(ids, spans=spans)
+    y = m(ids)
+    assert torch.allclose(rel + irr, y.expand_as(rel), atol=1e-12)
+    assert irr[0].abs().max() < 1e-12  # the whole sentence is relevant
+    e = m.embed(ids[:, 0]).detach().numpy()
+    W = m.head.weight.detach().numpy()
+    for k, (a, b) in enumerate(spans):
+        inside = np.zeros((7, 1))
+        inside[a:b + 1] = 1
+        outs = _gru_cd_reference(inside * e, (1 - inside) * e, m.gru)
+        h_rel, h_irr = outs[-1]
+        # the head splits its bias as every linear layer does: compare the linear parts
+        lin_rel = torch.from_numpy(W @ h_rel)
+        lin_irr = torch.from_numpy(W @ h_irr)
+        bias = m.head.bias.detach()
+        assert torch.allclose(rel[k] + irr[k], lin_rel + lin_irr + bias, atol=1e-12)
+        share = (lin_rel.abs() + 1e-20) / (lin_rel.abs() + lin_irr.abs() + 2e-20)
+        assert torch.allclose(rel[k], lin_rel + share * bias, atol=1e-12), (a, b)
+    # the empty phrase has no relevant part (up to the 1e-20 of the head's bias split)
+    r0, _ = cd.decompose(ids, torch.zeros(1, 7))
+    assert r0.abs().max() < 1e-12
+
+
+def test_gru_multilayer_bidirectional_batch_first_conserves():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(30, 8)
+            self.gru = nn.GRU(8, 6, num_layers=2, bidirectional=True, batch_first=True)
+            self.head = nn.Linear(12, 3)
+
+        def forward(self, ids):
+            out, h = self.gru(self.embed(ids))
+            return self.head(out.mean(1)) + h.sum(0).sum(-1, keepdim=True)
+
+    torch.manual_seed(0)
+    m = Net().double().eval()
+    ids = torch.randint(0, 30, (1, 9))
+    rel, irr = CD(m).decompose(ids, spans=[(0, 8), (2, 4), (5, 5)])
+    assert torch.allclose(rel + irr, m(ids).expand_as(rel), atol=1e-12)
+    assert irr[0].abs().max() < 1e-12
+    # reference_compatible (as cd_text: the linear head's bias in neither part)
+    ref_rel, ref_irr = CD(m, reference_compatible=True).decompose(ids, spans=[(0, 8), (2, 4), (5, 5)])
+    assert torch.allclose(ref_rel + ref_irr, (m(ids) - m.head.bias).expand_as(rel), atol=1e-12)
+
+
 # ------------------------------------------------------------------------------------
 # attribute (Captum convention)
 # ------------------------------------------------------------------------------------
@@ -507,3 +621,111 @@ def test_model_is_not_mutated_and_train_mode_warns():
         CD(lambda t: torch.tanh(m(t))).decompose(x, torch.ones(1, 1, 28, 28, dtype=torch.float64))
     assert len(torch.nn.modules.module._global_forward_hooks) == n_global
     assert not cdt._STATE.module_stack
+
+
+# ------------------------------------------------------------------------------------
+# local (boxed) relevant parts
+# ------------------------------------------------------------------------------------
+class _LocalNet(nn.Module):
+    """Every operation with a local rule, with strides, paddings, dilations and groups."""
+
+    def __init__(self):
+        super().__init__()
+        self.pad = nn.ZeroPad2d((1, 2, 0, 1))
+        self.c1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2)
+        self.c3 = nn.Conv2d(8, 8, 1, bias=False)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
+        self.c4 = nn.Conv2d(16, 6, (3, 1), stride=(1, 2), padding=(1, 0))
+        self.drop = nn.Dropout(0.3)
+        self.fc = nn.LazyLinear(4)
+
+    def forward(self, x):
+        h = F.relu(self.bn1(self.c1(self.pad(x))), inplace=True)
+        r = self.c2(h)
+        r += h                                           # in-place residual sum
+        r = torch.cat([F.relu6(r), self.c3(1 - r)], 1)   # concatenation, constants
+        r = F.avg_pool2d(r - 0.5, 3, stride=1, padding=1)
+        r = self.pool(F.leaky_relu(r, 0.1))
+        r = F.max_pool2d(self.drop(self.c4(r)), 2, dilation=1)
+        return self.fc(r.flatten(1))
+
+
+def _local_net(H, W):
+    torch.manual_seed(0)
+    m = _LocalNet()
+    m(torch.zeros(1, 3, H, W))  # sizes the lazy head
+    return _randomize_bn(m).double().eval()
+
+
+def _box_masks(K, H, W, gen, dtype):
+    masks = torch.zeros(K, 1, H, W, dtype=dtype)
+    for k in range(K):
+        h, w = int(torch.randint(1, H // 3, (1,), generator=gen)), int(torch.randint(1, W // 3, (1,), generator=gen))
+        y, x = int(torch.randint(0, H - h + 1, (1,), generator=gen)), int(torch.randint(0, W - w + 1, (1,), generator=gen))
+        masks[k, :, y:y + h, x:x + w] = (torch.rand(h, w, generator=gen) < 0.7).to(dtype)
+    masks[:2] = 0
+    masks[0, :, :2, :3] = 1    # corners
+    masks[1, :, -3:, -2:] = 1
+    return masks
+
+
+def test_local_equals_dense_on_every_local_rule():
+    m = _local_net(37, 22)
+    x = torch.randn(1, 3, 37, 22, dtype=torch.float64)
+    masks = _box_masks(9, 37, 22, torch.Generator().manual_seed(1), torch.float64)
+    rel, irr = CD(m, local=False).decompose(x, masks)
+    cd = CD(m, batch_size=4)
+    rel2, irr2 = cd.decompose(x, masks)  # sorted by box size into 3 forwards, order restored
+    assert _rel_err(rel2, rel) <= 1e-12 and _rel_err(irr2, irr) <= 1e-12
+    assert torch.allclose(rel2 + irr2, m(x).expand_as(rel2), atol=1e-12)
+    for k in range(9):  # one mask per forward: its own box
+        r, i = CD(m).decompose(x, masks[k:k + 1])
+        assert _rel_err(r, rel[k:k + 1]) <= 1e-12
+
+
+def test_local_rules_keep_boxes():
+    """The local rules really run on boxes (no silent densification): the relevant part
+    of a small mask stays boxed up to the flatten, and its box grows by each layer's
+    receptive field."""
+    m = _local_net(61, 46)
+    x = torch.randn(1, 3, 61, 46, dtype=torch.float64)
+    seen = []
+
+    def hook(mod, inp, out):
+        if isinstance(out, cdt.CDTensor):
+            seen.append((type(mod).__name__, None if out._loc is None else out._loc.box))
+    hs = [mod.register_forward_hook(hook) for mod in m.modules() if mod is not m]
+    try:
+        masks = torch.zeros(2, 1, 61, 46, dtype=torch.float64)
+        masks[0, :, 10:12, 5:7] = 1
+        masks[1, :, 50:52, 40:42] = 1
+        CD(m).decompose(x, masks)
+    finally:
+        for h in hs:
+            h.remove()
+    boxes = dict(seen)
+    assert all(b is not None for name, b in seen if name != "Linear"), seen
+    assert boxes["ZeroPad2d"] == (2, 2) and boxes["Conv2d"] is not None
+    assert seen[-1] == ("Linear", None)
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "resnet18", "densenet121", "mobilenet_v2", "efficientnet_lite0"])
+def test_local_equals_dense_on_architectures(arch):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tv = pytest.importorskip("torchvision").models
+    build, s = ARCHS[arch]
+    s = 96
+    torch.manual_seed(0)
+    m = _randomize_bn(build(tv, s), seed=1).double().eval()
+    x = torch.randn(1, 3, s, s, dtype=torch.float64)
+    masks = _box_masks(6, s, s, torch.Generator().manual_seed(2), torch.float64)
+    with FlopCounterMode(display=False) as fd:
+        rel, irr = CD(m, local=False).decompose(x, masks)
+    with FlopCounterMode(display=False) as fl:
+        rel2, irr2 = CD(m).decompose(x, masks)
+    tol = 1e-7 if arch == "mobilenet_v2" else 1e-12  # its random BN stack amplifies rounding
+    assert _rel_err(rel2, rel) <= tol and _rel_err(irr2, irr) <= tol, arch
+    assert fl.get_total_flops() < 0.95 * fd.get_total_flops(), arch

@@ -1,4 +1,5 @@
-"""Contextual decomposition of ``torch.lstm`` (what ``nn.LSTM`` calls).
+"""Contextual decomposition of ``torch.lstm`` and ``torch.gru`` (what ``nn.LSTM`` and
+``nn.GRU`` call).
 
 Rules of the reference ``acd`` package (``cd_text``, Murdoch et al. 2018 as modified for
 ACD), for every layer and direction:
@@ -16,6 +17,9 @@ ACD), for every layer and direction:
 Multi-layer LSTMs feed the decomposed hidden sequence of one layer to the next; the
 reverse direction of a bidirectional LSTM runs the same recurrence on the reversed
 sequence.  ``rel + irr`` equals the LSTM's output up to rounding.
+
+The GRU (no reference implementation exists) follows the same conventions: see
+:func:`cd_gru`.
 """
 
 from __future__ import annotations
@@ -142,3 +146,114 @@ def cd_lstm(args, kwargs, where):
 
     return (wrap(out_r, out_i), wrap(torch.stack(hs_r), torch.stack(hs_i)),
             wrap(torch.stack(cs_r), torch.stack(cs_i)))
+
+
+# ======================================================================================
+# GRU (the natural extension of the LSTM rules; the reference has no GRU)
+# ======================================================================================
+def _product(a, b, w):
+    """Decomposed product of ``a = (a_rel, a_irr, a_bias)`` and ``b`` with the LSTM cell's
+    convention: ``rel`` gets ``a_rel (b_rel + b_bias) + a_bias b_rel``, ``irr`` every term
+    with an irrelevant factor, and the ``bias x bias`` term is split by ``w`` (the share of
+    relevant input at this step: 1 inside a phrase, 0 outside)."""
+    ar, ai, ab = a
+    br, bi, bb = b
+    bias2 = ab * bb
+    rel = ar * (br + bb) + ab * br + w * bias2
+    irr = ai * (br + bi + bb) + (ar + ab) * bi + (1 - w) * bias2
+    return rel, irr
+
+
+def _run_gru_direction(xr, xi, w_ih, w_hh, b_ih, b_hh, h0):
+    T = xr.shape[0]
+    H = w_hh.shape[1]
+    pr_all = torch.matmul(xr, w_ih.t())
+    pi_all = torch.matmul(xi, w_ih.t())
+    ar = xr.abs().sum(-1, keepdim=True)
+    ai = xi.abs().sum(-1, keepdim=True)
+    inside = (ar + EPS) / (ar + ai + 2 * EPS)  # (T, B, 1)
+    zero = torch.zeros(3 * H, dtype=xr.dtype, device=xr.device)
+    b_ih = zero if b_ih is None else b_ih
+    b_hh = zero if b_hh is None else b_hh
+    bir, biz, bin_ = b_ih.split(H)
+    bhr, bhz, bhn = b_hh.split(H)
+    h_r, h_i = h0
+    out_r, out_i = [], []
+    w_hh_t = w_hh.t()
+    for t in range(T):
+        xr_r, xr_z, xr_n = pr_all[t].split(H, -1)
+        xi_r, xi_z, xi_n = pi_all[t].split(H, -1)
+        hr_r, hr_z, hr_n = torch.matmul(h_r, w_hh_t).split(H, -1)
+        hi_r, hi_z, hi_n = torch.matmul(h_i, w_hh_t).split(H, -1)
+        w = inside[t]
+        r = _three(xr_r + hr_r, xi_r + hi_r, bir + bhr, torch.sigmoid)
+        z = _three(xr_z + hr_z, xi_z + hi_z, biz + bhz, torch.sigmoid)
+        # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+        pr_, pi_ = _product(r, (hr_n, hi_n, bhn), w)
+        n = _three(xr_n + pr_, xi_n + pi_, bin_, torch.tanh)
+        # h' = (1 - z) * n + z * h
+        one_minus_z = (-z[0], -z[1], 1 - z[2])
+        qr, qi = _product(one_minus_z, n, w)
+        zr, zi, zb = z
+        h_r, h_i = qr + (zr + zb) * h_r, qi + (zr + zi + zb) * h_i + zi * h_r
+        out_r.append(h_r)
+        out_i.append(h_i)
+    return (torch.stack(out_r), torch.stack(out_i)), (h_r, h_i)
+
+
+def cd_gru(args, kwargs, where):
+    """CD of ``torch.gru`` (what ``nn.GRU`` calls), any number of layers, bidirectional,
+    ``batch_first``.  Gates ``r``, ``z`` and the candidate ``n`` are linearised with the
+    three-term rule of the LSTM (relevant ``W x^rel + W h^rel``, irrelevant, bias); the
+    products ``r * (W_hn h + b_hn)``, ``(1 - z) * n`` and ``z * h`` follow the LSTM cell's
+    convention (relevant-first, ``bias x bias`` by the relevant share of the input); so
+    ``rel + irr`` is the GRU's output up to rounding."""
+    if len(args) > 2 and isinstance(args[2], torch.Tensor):
+        raise UnsupportedOperationError("CD: packed sequences in `gru` (%s) are not supported" % where)
+    names = ["input", "hx", "params", "has_biases", "num_layers", "dropout", "train",
+             "bidirectional", "batch_first"]
+    a = dict(zip(names, args))
+    a.update(kwargs)
+    x, hx, params = a["input"], a["hx"], list(a["params"])
+    has_b, L, bidir, bf = a["has_biases"], a["num_layers"], a["bidirectional"], a["batch_first"]
+    if any(isinstance(p, CDTensor) for p in params):
+        raise UnsupportedOperationError("CD: decomposed GRU weights in %s" % where)
+    nd = 2 if bidir else 1
+    stride = 4 if has_b else 2
+    if len(params) != L * nd * stride:
+        raise UnsupportedOperationError("CD: unexpected `gru` parameters in %s" % where)
+    xr, xi = _parts(x, None)
+    if bf:
+        xr, xi = xr.transpose(0, 1), xi.transpose(0, 1)
+    B = xr.shape[1]
+    H = params[1].shape[1]
+    zeros = torch.zeros(L * nd, B, H, dtype=xr.dtype, device=xr.device)
+    h0r, h0i = _parts(hx, zeros)
+    layer_in = (xr, xi)
+    hs_r, hs_i = [], []
+    for layer in range(L):
+        outs_r, outs_i = [], []
+        for d in range(nd):
+            k = layer * nd + d
+            p = params[k * stride:(k + 1) * stride]
+            sr, si = layer_in
+            if d == 1:
+                sr, si = sr.flip(0), si.flip(0)
+            (o_r, o_i), (h_r, h_i) = _run_gru_direction(
+                sr, si, p[0], p[1], p[2] if has_b else None, p[3] if has_b else None, (h0r[k], h0i[k]))
+            if d == 1:
+                o_r, o_i = o_r.flip(0), o_i.flip(0)
+            outs_r.append(o_r)
+            outs_i.append(o_i)
+            hs_r.append(h_r)
+            hs_i.append(h_i)
+        layer_in = (torch.cat(outs_r, -1), torch.cat(outs_i, -1))
+    out_r, out_i = layer_in
+    if bf:
+        out_r, out_i = out_r.transpose(0, 1), out_i.transpose(0, 1)
+    total_form = isinstance(x, CDTensor) and x._is_tot
+
+    def wrap(r, i):
+        return CDTensor(r, tot=r + i) if total_form else CDTensor(r, i)
+
+    return wrap(out_r, out_i), wrap(torch.stack(hs_r), torch.stack(hs_i))

@@ -18,7 +18,7 @@ Rules (``rel`` = relevant part, ``irr`` = irrelevant part):
 * ``a + b`` adds parts; a constant added to a decomposed tensor goes to ``irr``;
 * ReLU family ``f``: ``rel' = f(rel)``, ``irr' = f(rel + irr) - f(rel)``;
 * max pooling: the arg-max of ``rel + irr`` selects the entries of both parts;
-* ``torch.lstm``: see :mod:`captum_rap._cd.lstm`.
+* ``torch.lstm``, ``torch.gru``: see :mod:`captum_rap._cd.lstm`.
 
 Representation.  In the default mode a decomposed tensor carries ``rel`` and the *total*
 ``tot = rel + irr`` (``irr`` is ``tot - rel`` when a rule needs it).  The total never depends
@@ -42,6 +42,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from . import local as _local
+from .local import LocalRel
 
 EPS = 1e-20
 
@@ -124,10 +127,10 @@ class CDTensor(torch.Tensor):
     model's metadata queries); every computation goes through the rules.
     """
 
-    _rel: torch.Tensor
     _sec: torch.Tensor  # ``irr`` (two-part form) or ``tot`` (total form)
     _is_tot: bool
     _partial_view: bool
+    _loc: Optional[LocalRel]  # boxes of the relevant part (see ``captum_rap._cd.local``)
 
     @staticmethod
     def __new__(cls, rel: torch.Tensor, irr: Optional[torch.Tensor] = None, partial_view: bool = False,
@@ -138,11 +141,38 @@ class CDTensor(torch.Tensor):
         if rel.shape != sec.shape:  # views: a total may stay expanded (stride 0)
             rel, sec = torch.broadcast_tensors(rel, sec)
         t = torch.Tensor._make_subclass(cls, rel.detach(), False)
-        t._rel = rel
+        t._relv = rel
+        t._loc = None
         t._sec = sec
         t._is_tot = tot is not None
         t._partial_view = partial_view
         return t
+
+    @classmethod
+    def local(cls, loc: LocalRel, tot1: torch.Tensor) -> "CDTensor":
+        """Total form with the relevant part kept as boxes; ``tot1`` is one row of the
+        total (1, C, H, W), expanded to the K masks."""
+        tot = tot1.expand((loc.crop.shape[0],) + tuple(tot1.shape[1:]))
+        t = torch.Tensor._make_subclass(cls, tot.detach(), False)
+        t._relv = None
+        t._loc = loc
+        t._sec = tot
+        t._is_tot = True
+        t._partial_view = False
+        return t
+
+    @property
+    def _rel(self) -> torch.Tensor:
+        """The dense relevant part (materialized from the boxes on first use)."""
+        if self._loc is not None:
+            self._relv = self._loc.materialize()
+            self._loc = None
+        return self._relv
+
+    @_rel.setter
+    def _rel(self, v: torch.Tensor) -> None:
+        self._relv = v
+        self._loc = None
 
     def __init__(self, *args, **kwargs):  # noqa: D401 - nothing to do
         pass
@@ -240,7 +270,7 @@ def _dispatch(func, args, kwargs):
             "CD has no decomposition rule for `%s` (%s), called on a decomposed tensor in %s. "
             "Supported: conv/linear/batch_norm (eval), the ReLU family (relu, relu6, "
             "leaky_relu, hardtanh, clamp, threshold), max/avg/adaptive pooling, dropout "
-            "(identity), embedding, lstm, sums of decomposed tensors and linear shape "
+            "(identity), embedding, lstm, gru, sums of decomposed tensors and linear shape "
             "operations." % (name, _qualname(func), _where())
         )
     return handler(func, name, args, kwargs)
@@ -287,7 +317,8 @@ def _set_inplace(target: CDTensor, result: CDTensor) -> CDTensor:
             "CD: in-place modification of a slice of a decomposed tensor in %s is not "
             "supported (the base tensor would not see it)." % _where()
         )
-    target._rel = result._rel
+    target._relv = result._relv
+    target._loc = result._loc
     target._sec = result._sec
     target._is_tot = result._is_tot
     return target
@@ -410,6 +441,11 @@ def _unary_linear(func, name, args, kwargs):
             % (name, _where(), "several" if n > 1 else "nested")
         )
     f, inplace = _oop_func(func, name)
+    if name == "avg_pool2d" and args and _is_cd(args[0]) and args[0]._loc is not None \
+            and args[0]._sec.dim() == 4:
+        out = _local_avg_pool2d(args[0], args[1:], kwargs)
+        if out is not None:
+            return out
     is_tot = _mode_of(args, kwargs)
     ar, kr = _substitute(args, kwargs, "_rel")
     asec, ksec = _substitute(args, kwargs, "_sec", is_tot)
@@ -447,7 +483,11 @@ def _div(func, name, args, kwargs):
 def _identity(func, name, args, kwargs):
     """Dropout: identity (the model is expected in eval mode)."""
     x = args[0] if args else kwargs.get("input")
-    return x if _inplace_flag(func, args, kwargs) else _new(x._rel, x._sec, False, x._is_tot)
+    if _inplace_flag(func, args, kwargs):
+        return x
+    if x._loc is not None:
+        return CDTensor.local(x._loc, x._sec[:1])
+    return _new(x._rel, x._sec, False, x._is_tot)
 
 
 def _parts(v, is_tot: bool):
@@ -482,9 +522,24 @@ def _add_sub(func, name, args, kwargs):
     else:
         sign = 1
     is_tot = _mode_of(args, kwargs)
+    coef = sign * alpha
+    out = None
+    la, lb = _is_cd(a) and a._loc is not None, _is_cd(b) and b._loc is not None
+    if la and lb and a._sec.shape == b._sec.shape and a._sec.dim() == 4:
+        out = _local_sum([a, b], [1, coef])  # e.g. a residual addition
+    elif la and isinstance(b, (int, float)):  # a constant goes to irr (to the total)
+        out = CDTensor.local(a._loc, a._sec[:1] + coef * b)
+    elif lb and isinstance(a, (int, float)) and coef in (1, -1):
+        l_ = b._loc
+        if coef == -1:
+            l_ = LocalRel(-l_.bg, -l_.crop, l_.ys, l_.xs)
+        out = CDTensor.local(l_, a + coef * b._sec[:1])
+    if out is not None:
+        if name in ("add_", "__iadd__", "sub_", "__isub__"):
+            return _set_inplace(args[0], out)
+        return out
     ra, sa = _parts(a, is_tot)
     rb, sb = _parts(b, is_tot)
-    coef = sign * alpha
     # at least one operand is decomposed; constants go to ``irr`` (hence to ``tot``)
     rel = torch.as_tensor(_axpy(ra, rb, coef))
     if is_tot and _shared(sa) and _shared(sb) and sa.shape == sb.shape:
@@ -511,6 +566,12 @@ def _joint_linear(func, name, args, kwargs):
     rest = list(args[1:])
     kw = {k: v for k, v in kwargs.items() if k != "tensors"}
     is_tot = _mode_of(list(seq), {})
+    if name in ("cat", "concat", "concatenate") and seq and all(_is_cd(t) and t._loc is not None for t in seq) \
+            and all(t._sec.dim() == 4 for t in seq) and len({tuple(t._sec.shape[-2:]) for t in seq}) == 1 \
+            and kw.get("dim", rest[0] if rest else 0) in (1, -3):
+        out = _local_cat(list(seq))  # e.g. DenseNet / Inception concatenations (channels)
+        if out is not None:
+            return out
     rl, sl = [], []
     for t in seq:
         r, s_ = _parts(t, is_tot)
@@ -536,6 +597,13 @@ def _pad(func, name, args, kwargs):
     value = sig.get("value", None)
     p = sig["pad"]
     sec = x._sec
+    if x._loc is not None and sec.dim() == 4 and mode == "constant" and len(p) in (2, 4) \
+            and min(p) >= 0:  # zero-padding a map: the boxes move, the background is padded
+        left, right = int(p[0]), int(p[1])
+        top, bottom = (int(p[2]), int(p[3])) if len(p) == 4 else (0, 0)
+        loc = x._loc
+        nl = LocalRel(F.pad(loc.bg, p), loc.crop, [y + top for y in loc.ys], [v + left for v in loc.xs])
+        return CDTensor.local(nl, F.pad(sec[:1], p, mode="constant", value=value if value is not None else 0.0))
     if mode == "constant":
         def fs(t):
             return F.pad(t, p, mode="constant", value=value if value is not None else 0.0)
@@ -600,6 +668,10 @@ def _activation(func, name, args, kwargs):
 
         def fn(t):
             return f(t, *rest_a, **kw)
+    if x._loc is not None:
+        loc = x._loc
+        out = CDTensor.local(LocalRel(fn(loc.bg), fn(loc.crop), loc.ys, loc.xs), fn(x._sec[:1]))
+        return _set_inplace(x, out) if inplace else out
     rel = fn(x._rel)
     if x._is_tot:
         out = _new(rel, _rowwise(fn, x._sec), False, True)
@@ -664,6 +736,10 @@ def _affine(func, name, args, kwargs):
         i = i - zero
         rel, irr = _split_bias(r, i, zero)
         return _new(rel, irr)
+    if x._loc is not None and name == "conv2d" and x._sec.dim() == 4:
+        out = _local_conv2d(func, x, weight, bias, rest, kwargs)
+        if out is not None:
+            return out
     # total form: W tot once (one row of the shared total), W rel for every mask
     tot = x._sec
     batched = tot.dim() >= 2 if name == "linear" else tot.dim() == weight.dim()
@@ -683,6 +759,36 @@ def _affine(func, name, args, kwargs):
     rel = _rel_share(r, wt - r, b)
     tot_out = _rowwise(torch.add, wt, b) if batched else wt + b
     return _new(rel, tot_out, False, True)
+
+
+def _local_conv2d(func, x, weight, bias, rest, kwargs):
+    """conv2d of boxes: each output box from the input window it depends on."""
+    p = dict(zip(["stride", "padding", "dilation", "groups"], rest))
+    p.update(kwargs)
+    if isinstance(p.get("padding", 0), str):
+        return None
+    (sy, sx), (py, px) = _local.pair(p.get("stride", 1)), _local.pair(p.get("padding", 0))
+    (dy, dx), groups = _local.pair(p.get("dilation", 1)), int(p.get("groups", 1))
+    kh, kw = weight.shape[-2:]
+    loc = x._loc
+    tot1 = x._sec[:1]
+    wt = func(tot1, weight, None, (sy, sx), (py, px), (dy, dx), groups)
+    Ho, Wo = wt.shape[-2:]
+    h, w = loc.box
+    ys, nh = _local.out_ranges(loc.ys, h, kh, sy, py, dy, Ho)
+    xs, nw = _local.out_ranges(loc.xs, w, kw, sx, px, dx, Wo)
+    if nh * nw > _local.MAX_FRACTION * Ho * Wo:
+        return None
+    P = loc.windows([y * sy - py for y in ys], [v * sx - px for v in xs],
+                    (nh - 1) * sy + (kh - 1) * dy + 1, (nw - 1) * sx + (kw - 1) * dx + 1)
+    r = func(P, weight, None, (sy, sx), 0, (dy, dx), groups)
+    rbg = func(loc.bg, weight, None, (sy, sx), (py, px), (dy, dx), groups)
+    if bias is None:
+        return CDTensor.local(LocalRel(rbg, r, ys, xs), wt)
+    b = bias.view(1, -1, 1, 1)
+    crop = _rel_share(r, _local.boxes(wt, ys, xs, nh, nw).sub_(r), b)
+    bg = _rel_share(rbg, wt - rbg, b)
+    return CDTensor.local(LocalRel(bg, crop, ys, xs), wt + b)
 
 
 def _batch_norm(func, name, args, kwargs):
@@ -707,22 +813,31 @@ def _batch_norm(func, name, args, kwargs):
         rel = r + pr * c
         irr = M(x._rel + x._sec) - rel
         return _new(rel, irr)
-    shape = [1] * x._rel.dim()
-    shape[1 if x._rel.dim() > 1 else 0] = -1
+    nd = x._sec.dim()
+    shape = [1] * nd
+    shape[1 if nd > 1 else 0] = -1
     scale = torch.rsqrt(rv + eps)
     if w is not None:
         scale = scale * w
     shift = -rm * scale
     if b is not None:
         shift = shift + b
-    scale = scale.view(shape).to(x._rel.dtype)
-    shift = shift.view(shape).to(x._rel.dtype)
-    r = x._rel * scale
+    scale = scale.view(shape).to(x._sec.dtype)
+    shift = shift.view(shape).to(x._sec.dtype)
+
+    def share(r, st):  # r + |r| / (|r| + |i|) * shift; 0/0 -> the whole shift to irr
+        ar = r.abs()
+        pr = torch.nan_to_num_(ar / (st - r).abs_().add_(ar), nan=0.0)
+        return pr.mul_(shift).add_(r)
+
+    if x._loc is not None and nd == 4:
+        loc = x._loc
+        st1 = x._sec[:1] * scale
+        h, w_ = loc.box
+        crop = share(loc.crop * scale, _local.boxes(st1, loc.ys, loc.xs, h, w_))
+        return CDTensor.local(LocalRel(share(loc.bg * scale, st1), crop, loc.ys, loc.xs), st1 + shift)
     st = _rowwise(torch.mul, x._sec, scale)
-    ar = r.abs()
-    pr = ar / (st - r).abs_().add_(ar)  # |r| / (|r| + |i|); 0/0 -> the whole shift to irr
-    pr = torch.nan_to_num_(pr, nan=0.0)
-    rel = pr.mul_(shift).add_(r)
+    rel = share(x._rel * scale, st)
     return _new(rel, _rowwise(torch.add, st, shift), False, True)
 
 
@@ -758,6 +873,11 @@ def _max_pool(func, name, args, kwargs):
         args = args[: pos_ri - 1]
     if name.endswith("with_indices"):
         want_idx = True
+    if x._loc is not None and not want_idx and nd == 2 and not name.startswith("adaptive") \
+            and x._sec.dim() == 4:
+        out = _local_max_pool2d(x, args, kwargs)
+        if out is not None:
+            return out
     # the arg-max of the true activation (in the total form: the model's own choice,
     # computed once for all masks)
     total = x._sec if x._is_tot else x._rel + x._sec
@@ -783,6 +903,103 @@ def _max_pool(func, name, args, kwargs):
     return (res, idx) if want_idx else res
 
 
+def _pool_params(args, kwargs, names):
+    p = dict(zip(names, args))
+    p.update({k: v for k, v in kwargs.items() if k in names})
+    ks = _local.pair(p["kernel_size"])
+    st = p.get("stride")
+    st = ks if st is None or (isinstance(st, (list, tuple)) and len(st) == 0) else _local.pair(st)
+    return p, ks, st, _local.pair(p.get("padding", 0))
+
+
+def _local_max_pool2d(x, args, kwargs):
+    """max_pool2d of boxes: the model's arg-max (of the total), gathered from each box's
+    input window."""
+    p, ks, st, pad = _pool_params(args, kwargs, ["kernel_size", "stride", "padding", "dilation", "ceil_mode"])
+    dil = _local.pair(p.get("dilation", 1))
+    loc = x._loc
+    tot1 = x._sec[:1]
+    out1, idx1 = F.max_pool2d_with_indices(tot1, ks, st, pad, dil, bool(p.get("ceil_mode", False)))
+    K, C = loc.crop.shape[:2]
+    W = tot1.shape[-1]
+    Ho, Wo = out1.shape[-2:]
+    h, w = loc.box
+    ys, nh = _local.out_ranges(loc.ys, h, ks[0], st[0], pad[0], dil[0], Ho)
+    xs, nw = _local.out_ranges(loc.xs, w, ks[1], st[1], pad[1], dil[1], Wo)
+    if nh * nw > _local.MAX_FRACTION * Ho * Wo:
+        return None  # dense
+    if _STATE.pool_replay is not None:
+        idx1 = _STATE.pool_replay.pop(0)
+        out1 = tot1.flatten(2).gather(2, idx1.flatten(2)).view_as(out1)
+    if _STATE.pool_record is not None:
+        _STATE.pool_record.append(idx1)
+    bg = loc.bg.flatten(2).gather(2, idx1.flatten(2)).view_as(out1)
+    y0s = [y * st[0] - pad[0] for y in ys]
+    x0s = [v * st[1] - pad[1] for v in xs]
+    ph, pw = (nh - 1) * st[0] + (ks[0] - 1) * dil[0] + 1, (nw - 1) * st[1] + (ks[1] - 1) * dil[1] + 1
+    P = loc.windows(y0s, x0s, ph, pw)
+    idx = _local.boxes(idx1, ys, xs, nh, nw)
+    oy = torch.tensor(y0s, device=idx.device).view(K, 1, 1, 1)
+    ox = torch.tensor(x0s, device=idx.device).view(K, 1, 1, 1)
+    lidx = (torch.div(idx, W, rounding_mode="floor") - oy) * pw + (idx % W - ox)
+    crop = P.flatten(2).gather(2, lidx.flatten(2)).view(K, C, nh, nw)
+    return CDTensor.local(LocalRel(bg, crop, ys, xs), out1)
+
+
+def _local_avg_pool2d(x, args, kwargs):
+    """avg_pool2d of boxes (zero padding counted, as a convolution), or None."""
+    p, ks, st, pad = _pool_params(args, kwargs, ["kernel_size", "stride", "padding", "ceil_mode",
+                                                 "count_include_pad", "divisor_override"])
+    if p.get("ceil_mode", False) or p.get("divisor_override") is not None or \
+            (not p.get("count_include_pad", True) and pad != (0, 0)):
+        return None
+    loc = x._loc
+    t1 = F.avg_pool2d(x._sec[:1], ks, st, pad)
+    Ho, Wo = t1.shape[-2:]
+    h, w = loc.box
+    ys, nh = _local.out_ranges(loc.ys, h, ks[0], st[0], pad[0], 1, Ho)
+    xs, nw = _local.out_ranges(loc.xs, w, ks[1], st[1], pad[1], 1, Wo)
+    if nh * nw > _local.MAX_FRACTION * Ho * Wo:
+        return None
+    P = loc.windows([y * st[0] - pad[0] for y in ys], [v * st[1] - pad[1] for v in xs],
+                    (nh - 1) * st[0] + ks[0], (nw - 1) * st[1] + ks[1])
+    crop = F.avg_pool2d(P, ks, st, 0)
+    return CDTensor.local(LocalRel(F.avg_pool2d(loc.bg, ks, st, pad), crop, ys, xs), t1)
+
+
+def _local_sum(parts, coefs):
+    """``sum_j coef_j * part_j`` of local decomposed tensors of one shape (union boxes)."""
+    H, W = parts[0]._sec.shape[-2:]
+    locs = [t._loc for t in parts]
+    ys, nh = _local.union_ranges([l.ys for l in locs], [l.box[0] for l in locs], H)
+    xs, nw = _local.union_ranges([l.xs for l in locs], [l.box[1] for l in locs], W)
+    if nh * nw > _local.MAX_FRACTION * H * W:
+        return None
+    crop = bg = tot = None
+    for t, l, c in zip(parts, locs, coefs):
+        same = l.ys == ys and l.xs == xs and l.box == (nh, nw)
+        cr = l.crop if same else l.windows(ys, xs, nh, nw)
+        cr, b_, t1 = (cr, l.bg, t._sec[:1]) if c == 1 else (c * cr, c * l.bg, c * t._sec[:1])
+        crop = cr if crop is None else crop + cr
+        bg = b_ if bg is None else bg + b_
+        tot = t1 if tot is None else tot + t1
+    return CDTensor.local(LocalRel(bg, crop, ys, xs), tot)
+
+
+def _local_cat(parts):
+    """Channel concatenation of local decomposed tensors (union boxes)."""
+    H, W = parts[0]._sec.shape[-2:]
+    locs = [t._loc for t in parts]
+    ys, nh = _local.union_ranges([l.ys for l in locs], [l.box[0] for l in locs], H)
+    xs, nw = _local.union_ranges([l.xs for l in locs], [l.box[1] for l in locs], W)
+    if nh * nw > _local.MAX_FRACTION * H * W:
+        return None
+    crops = [l.crop if (l.ys == ys and l.xs == xs and l.box == (nh, nw)) else l.windows(ys, xs, nh, nw)
+             for l in locs]
+    return CDTensor.local(LocalRel(torch.cat([l.bg for l in locs], 1), torch.cat(crops, 1), ys, xs),
+                          torch.cat([t._sec[:1] for t in parts], 1))
+
+
 # ---- embedding / lstm ----------------------------------------------------------------
 def _embedding(func, name, args, kwargs):
     a = _bind(F.embedding, args, kwargs)
@@ -805,6 +1022,12 @@ def _lstm(func, name, args, kwargs):
     from .lstm import cd_lstm
 
     return cd_lstm(args, kwargs, _where())
+
+
+def _gru(func, name, args, kwargs):
+    from .lstm import cd_gru
+
+    return cd_gru(args, kwargs, _where())
 
 
 # ---- token ids -----------------------------------------------------------------------
@@ -870,6 +1093,7 @@ for _n in _MAXPOOL:
 _HANDLERS["pad"] = _pad
 _HANDLERS["embedding"] = _embedding
 _HANDLERS["lstm"] = _lstm
+_HANDLERS["gru"] = _gru
 
 
 # --------------------------------------------------------------------------------------
