@@ -9,6 +9,7 @@
     python benchmarks/bench_cd.py --image noise     # a seeded N(0, 1) image instead of chelsea
     python benchmarks/bench_cd.py --variants refcompat default dense   # which of ours to run
     python benchmarks/bench_cd.py --model small     # toy CNN (2 conv, 2 max-pool), 32 px, 16x16 grid
+    python benchmarks/bench_cd.py --count-images chelsea coffee astronaut rocket   # counts only
 
 Input: ``skimage.data.chelsea()`` resized to the ACD size and ImageNet-normalized (``--image``).
 
@@ -265,6 +266,27 @@ def bench_acd(model, size, sweep_dim, ref, variants, rows, percentile=95, num_it
         rows.append(("ACD %d px / %d: ours, %s" % (size, sweep_dim, name), res))
 
 
+def count_sweep(model, size, sweep_dim, images, percentile=95, num_iters=5):
+    """Ours only (default mode) on several photos: CD evaluations against the reference
+    procedure's exact call count for the same tree (``h.reference_cd_calls``)."""
+    print("\nACD evaluation counts, %s %d px, sweep_dim %d, percentile %g, %d iterations"
+          % (MODEL_NAME[0], size, sweep_dim, percentile, num_iters), flush=True)
+    print("| image | target | levels | blobs before merging | evaluations | reference procedure | ratio | time (s) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for image in images:
+        x = load_image(image, size)
+        with torch.no_grad():
+            target = int(model(x).argmax())
+        t0 = time.perf_counter()
+        h = ACD(model).hierarchy(x, target, sweep_dim=sweep_dim, percentile_include=percentile,
+                                 num_iters=num_iters)
+        t = time.perf_counter() - t0
+        blobs = len(h.levels[h.num_before_final - 1])
+        print("| %s | %d | %d | %d | %d | %d | %.3f | %.1f |" % (
+            image, target, len(h), blobs, h.cd_evaluations, h.reference_cd_calls,
+            h.cd_evaluations / h.reference_cd_calls, t), flush=True)
+
+
 # --------------------------------------------------------------------------------------
 def print_table(rows, args):
     print("\n## CD / ACD benchmarks (%s, random weights, float32, %d torch threads)\n"
@@ -311,6 +333,9 @@ def main() -> None:
                     help="vgg16 (default) or a toy CNN at 32 px (fast complete comparison)")
     ap.add_argument("--image", default="chelsea",
                     help="ACD / throughput input: a scikit-image photo name (default chelsea) or 'noise'")
+    ap.add_argument("--count-images", nargs="+", default=None, metavar="IMAGE",
+                    help="only: our evaluation counts against the reference procedure's on these "
+                         "photos (ACD size / sweep_dim as set, default 112 / 7)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--acd-size", type=int, default=None, help="ACD input size (default 112; 64 with --quick)")
     ap.add_argument("--sweep-dim", type=int, default=None, help="ACD block size (default 7; 8 with --quick)")
@@ -337,6 +362,9 @@ def main() -> None:
                     "dense": ("default mode, local=False", {"local": False})}
     variants = [all_variants[v] for v in args.variants]
     image = "noise" if args.model == "small" else args.image
+    if args.count_images:
+        count_sweep(model, args.acd_size or 112, args.sweep_dim or 7, args.count_images)
+        return
     if not args.skip_throughput and not args.only_224:
         size, n = (64, 8) if args.quick else (224, 64)
         if args.model == "small":

@@ -441,11 +441,17 @@ def _unary_linear(func, name, args, kwargs):
             % (name, _where(), "several" if n > 1 else "nested")
         )
     f, inplace = _oop_func(func, name)
-    if name == "avg_pool2d" and args and _is_cd(args[0]) and args[0]._loc is not None \
-            and args[0]._sec.dim() == 4:
-        out = _local_avg_pool2d(args[0], args[1:], kwargs)
+    loc_arg = next((a for a in args if _is_cd(a) and a._loc is not None and a._sec.dim() == 4), None)
+    if loc_arg is not None:
+        base = _inplace_name(name) or name
+        if base == "avg_pool2d" and args[0] is loc_arg:
+            out = _local_avg_pool2d(loc_arg, args[1:], kwargs)
+        elif base in _SCALINGS and len(args) == 2 and not kwargs:
+            out = _local_scale(f, args)
+        else:
+            out = None
         if out is not None:
-            return out
+            return _set_inplace(args[0], out) if inplace else out
     is_tot = _mode_of(args, kwargs)
     ar, kr = _substitute(args, kwargs, "_rel")
     asec, ksec = _substitute(args, kwargs, "_sec", is_tot)
@@ -527,9 +533,9 @@ def _add_sub(func, name, args, kwargs):
     la, lb = _is_cd(a) and a._loc is not None, _is_cd(b) and b._loc is not None
     if la and lb and a._sec.shape == b._sec.shape and a._sec.dim() == 4:
         out = _local_sum([a, b], [1, coef])  # e.g. a residual addition
-    elif la and isinstance(b, (int, float)):  # a constant goes to irr (to the total)
+    elif la and _per_channel(b):  # a constant goes to irr (to the total)
         out = CDTensor.local(a._loc, a._sec[:1] + coef * b)
-    elif lb and isinstance(a, (int, float)) and coef in (1, -1):
+    elif lb and _per_channel(a) and coef in (1, -1):
         l_ = b._loc
         if coef == -1:
             l_ = LocalRel(-l_.bg, -l_.crop, l_.ys, l_.xs)
@@ -965,6 +971,32 @@ def _local_avg_pool2d(x, args, kwargs):
                     (nh - 1) * st[0] + ks[0], (nw - 1) * st[1] + ks[1])
     crop = F.avg_pool2d(P, ks, st, 0)
     return CDTensor.local(LocalRel(F.avg_pool2d(loc.bg, ks, st, pad), crop, ys, xs), t1)
+
+
+_SCALINGS = {"mul", "__mul__", "__rmul__", "multiply", "div", "__truediv__", "true_divide", "divide"}
+
+
+def _per_channel(c) -> bool:
+    """A constant that scales / shifts a (K, C, H, W) map the same at every position and
+    for every mask: a number, or a tensor broadcasting as (1, C, 1, 1) at most."""
+    if isinstance(c, (int, float)) and not isinstance(c, bool):
+        return True
+    if not isinstance(c, torch.Tensor) or _is_cd(c) or c.dim() > 4:
+        return False
+    shape = [1] * (4 - c.dim()) + list(c.shape)
+    return shape[0] == 1 and shape[2] == 1 and shape[3] == 1
+
+
+def _local_scale(f, args):
+    """``x * c`` / ``x / c`` / ``c * x`` of a local tensor by a per-channel constant."""
+    x, c = (args[0], args[1]) if _is_cd(args[0]) else (args[1], args[0])
+    if not _per_channel(c) or (f in (torch.Tensor.div, torch.div) and x is not args[0]):
+        return None
+    loc = x._loc
+
+    def g(t):
+        return f(t, c) if x is args[0] else f(c, t)
+    return CDTensor.local(LocalRel(g(loc.bg), g(loc.crop), loc.ys, loc.xs), g(x._sec[:1]))
 
 
 def _local_sum(parts, coefs):
