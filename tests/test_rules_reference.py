@@ -8,7 +8,6 @@ per-output sums.  Tolerance: 1e-10 relative to the max of the reference map.
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch

@@ -605,8 +605,7 @@ def _pad(func, name, args, kwargs):
     sec = x._sec
     if x._loc is not None and sec.dim() == 4 and mode == "constant" and len(p) in (2, 4) \
             and min(p) >= 0:  # zero-padding a map: the boxes move, the background is padded
-        left, right = int(p[0]), int(p[1])
-        top, bottom = (int(p[2]), int(p[3])) if len(p) == 4 else (0, 0)
+        left, top = int(p[0]), (int(p[2]) if len(p) == 4 else 0)
         loc = x._loc
         nl = LocalRel(F.pad(loc.bg, p), loc.crop, [y + top for y in loc.ys], [v + left for v in loc.xs])
         return CDTensor.local(nl, F.pad(sec[:1], p, mode="constant", value=value if value is not None else 0.0))
