@@ -200,13 +200,13 @@ def load_image(image, size):
     if image == "noise":
         torch.manual_seed(1)
         return torch.randn(1, 3, size, size)
-    import skimage.data
+    from captum_rap.__main__ import IMAGENET_MEAN, IMAGENET_STD
+    from captum_rap.zoo import skimage_photo
 
-    img = torch.tensor(getattr(skimage.data, image)()).permute(2, 0, 1)[None].float() / 255
+    img = torch.tensor(skimage_photo(image)).permute(2, 0, 1)[None].float() / 255
+    # plain bilinear (the measured tables used it; the CLI's imagenet_preprocess antialiases)
     img = torch.nn.functional.interpolate(img, size=(size, size), mode="bilinear", align_corners=False)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    return (img - mean) / std
+    return (img - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 def bench_acd(model, size, sweep_dim, ref, variants, rows, percentile=95, num_iters=5, save=None,

@@ -83,9 +83,11 @@ class LocalRel:
         return P
 
 
-def boxes(t1: torch.Tensor, ys: Sequence[int], xs: Sequence[int], h: int, w: int) -> torch.Tensor:
-    """``(K, C, h, w)`` boxes of a one-row map ``t1`` (1, C, H, W)."""
-    return torch.stack([t1[0, :, y:y + h, x:x + w] for y, x in zip(ys, xs)])
+def boxes(t: torch.Tensor, ys: Sequence[int], xs: Sequence[int], h: int, w: int) -> torch.Tensor:
+    """``(K, C, h, w)`` boxes of a map ``t``: of its one row (1, C, H, W) for every mask,
+    or of row k for mask k."""
+    one = t.shape[0] == 1
+    return torch.stack([t[0 if one else k, :, y:y + h, x:x + w] for k, (y, x) in enumerate(zip(ys, xs))])
 
 
 def out_ranges(starts: Sequence[int], n: int, k: int, s: int, p: int, d: int,
@@ -103,6 +105,46 @@ def out_ranges(starts: Sequence[int], n: int, k: int, s: int, p: int, d: int,
         ln.append(o1 - o0 + 1)
     m = max(ln)
     return [min(o, size_out - m) for o in lo], m
+
+
+class Windows:
+    """Output boxes of a sliding-window layer and the input windows they depend on."""
+
+    __slots__ = ("ys", "xs", "h", "w", "y0s", "x0s", "ph", "pw")
+
+    def __init__(self, ys, xs, h, w, y0s, x0s, ph, pw):
+        self.ys, self.xs, self.h, self.w = ys, xs, h, w
+        self.y0s, self.x0s, self.ph, self.pw = y0s, x0s, ph, pw
+
+
+def plan_windows(loc: LocalRel, kernel, stride, padding, dilation, out_hw,
+                 max_fraction: float = MAX_FRACTION) -> Optional[Windows]:
+    """Boxes of the output map ``out_hw`` of a window layer (2-D kernel, stride, padding,
+    dilation pairs) that see each mask's box, with the input windows (origins in image
+    coordinates, size) to compute them from; None when they would cover more than
+    ``max_fraction`` of the output map (the layer is computed densely then)."""
+    h, w = loc.box
+    ys, nh = out_ranges(loc.ys, h, kernel[0], stride[0], padding[0], dilation[0], out_hw[0])
+    xs, nw = out_ranges(loc.xs, w, kernel[1], stride[1], padding[1], dilation[1], out_hw[1])
+    if nh * nw > max_fraction * out_hw[0] * out_hw[1]:
+        return None
+    return Windows(ys, xs, nh, nw,
+                   [y * stride[0] - padding[0] for y in ys], [x * stride[1] - padding[1] for x in xs],
+                   (nh - 1) * stride[0] + (kernel[0] - 1) * dilation[0] + 1,
+                   (nw - 1) * stride[1] + (kernel[1] - 1) * dilation[1] + 1)
+
+
+def common_boxes(locs: Sequence[LocalRel], hw, max_fraction: float = MAX_FRACTION):
+    """``(ys, xs, h, w, crops)``: boxes containing every operand's box of each mask and
+    each operand's crop on them (sums and concatenations), or None when they would cover
+    more than ``max_fraction`` of the map."""
+    ys, nh = union_ranges([l.ys for l in locs], [l.box[0] for l in locs], hw[0])
+    xs, nw = union_ranges([l.xs for l in locs], [l.box[1] for l in locs], hw[1])
+    if nh * nw > max_fraction * hw[0] * hw[1]:
+        return None
+    crops = [l.crop if (l.ys == ys and l.xs == xs and l.box == (nh, nw)) else l.windows(ys, xs, nh, nw)
+             for l in locs]
+    return ys, xs, nh, nw, crops
 
 
 def union_ranges(starts: Sequence[Sequence[int]], lengths: Sequence[int], size: int) -> Tuple[List[int], int]:
@@ -146,12 +188,7 @@ def local_input(rel0: torch.Tensor, masks: torch.Tensor, max_fraction: float = M
     ys = [min(a, H - h) for a in y0s]
     xs = [min(a, W - w) for a in x0s]
     bg = rel0.new_zeros((1,) + tuple(rel0.shape[1:]))
-    return LocalRel(bg, boxes_k(rel0, ys, xs, h, w), ys, xs)
-
-
-def boxes_k(t: torch.Tensor, ys: Sequence[int], xs: Sequence[int], h: int, w: int) -> torch.Tensor:
-    """``(K, C, h, w)`` boxes of a K-row map, one per row."""
-    return torch.stack([t[k, :, y:y + h, x:x + w] for k, (y, x) in enumerate(zip(ys, xs))])
+    return LocalRel(bg, boxes(rel0, ys, xs, h, w), ys, xs)
 
 
 def box_area(masks: torch.Tensor) -> List[int]:

@@ -50,112 +50,19 @@ def _three(a, b, c, f):
     return la, lb, fc
 
 
-def _run_direction(xr, xi, w_ih, w_hh, b, h0, c0):
-    T = xr.shape[0]
-    H = w_hh.shape[1]
-    pr_all = torch.matmul(xr, w_ih.t())
-    pi_all = torch.matmul(xi, w_ih.t())
+def _input_share(xr, xi):
+    """Relevant share of the input at each step, ``(T, B, 1)``: ``|x^rel|_1 / (|x^rel|_1 +
+    |x^irr|_1)`` (1 inside a phrase, 0 outside, for a binary mask on the first layer)."""
     ar = xr.abs().sum(-1, keepdim=True)
     ai = xi.abs().sum(-1, keepdim=True)
-    inside = (ar + EPS) / (ar + ai + 2 * EPS)  # (T, B, 1)
-    if b is None:
-        b = torch.zeros(4 * H, dtype=xr.dtype, device=xr.device)
-    bi, bf, bg, bo = b.split(H)
-    h_r, h_i = h0
-    c_r, c_i = c0
-    out_r, out_i = [], []
-    w_hh_t = w_hh.t()
-    for t in range(T):
-        pre_r = pr_all[t] + torch.matmul(h_r, w_hh_t)
-        pre_i = pi_all[t] + torch.matmul(h_i, w_hh_t)
-        ri, rf, rg, ro = pre_r.split(H, -1)
-        ii, if_, ig, io = pre_i.split(H, -1)
-        i_r, i_i, i_b = _three(ri, ii, bi, torch.sigmoid)
-        f_r, f_i, f_b = _three(rf, if_, bf, torch.sigmoid)
-        g_r, g_i, g_b = _three(rg, ig, bg, torch.tanh)
-        o = torch.sigmoid(ro + io + bo)
-        w = inside[t]
-        bb = i_b * g_b
-        cb = i_r * (g_r + g_b) + i_b * g_r + w * bb
-        cg = i_i * (g_r + g_i + g_b) + (i_r + i_b) * g_i + (1 - w) * bb
-        cb = cb + (f_r + f_b) * c_r
-        cg = cg + (f_r + f_i + f_b) * c_i + f_i * c_r
-        tb, tg, tt = torch.tanh(cb), torch.tanh(cg), torch.tanh(cb + cg)
-        h_r = o * 0.5 * (tb + tt - tg)
-        h_i = o * 0.5 * (tg + tt - tb)
-        c_r, c_i = cb, cg
-        out_r.append(h_r)
-        out_i.append(h_i)
-    return (torch.stack(out_r), torch.stack(out_i)), (h_r, h_i), (c_r, c_i)
+    return (ar + EPS) / (ar + ai + 2 * EPS)
 
 
-def cd_lstm(args, kwargs, where):
-    names = ["input", "hx", "params", "has_biases", "num_layers", "dropout", "train",
-             "bidirectional", "batch_first"]
-    a = dict(zip(names, args))
-    a.update(kwargs)
-    if isinstance(a.get("hx"), torch.Tensor):
-        raise UnsupportedOperationError("CD: packed sequences in `lstm` (%s) are not supported" % where)
-    x, hx, params = a["input"], a["hx"], list(a["params"])
-    has_b, L, bidir, bf = a["has_biases"], a["num_layers"], a["bidirectional"], a["batch_first"]
-    if any(isinstance(p, CDTensor) for p in params):
-        raise UnsupportedOperationError("CD: decomposed LSTM weights in %s" % where)
-    nd = 2 if bidir else 1
-    stride = 4 if has_b else 2
-    if len(params) != L * nd * stride:
-        raise UnsupportedOperationError("CD: `lstm` with proj_size > 0 in %s is not supported" % where)
-    xr, xi = _parts(x, None)
-    if bf:
-        xr, xi = xr.transpose(0, 1), xi.transpose(0, 1)
-    B = xr.shape[1]
-    H = params[1].shape[1]
-    h0, c0 = hx if hx is not None else (None, None)
-    zeros = torch.zeros(L * nd, B, H, dtype=xr.dtype, device=xr.device)
-    h0r, h0i = _parts(h0, zeros)
-    c0r, c0i = _parts(c0, zeros)
-    layer_in = (xr, xi)
-    hs_r, hs_i, cs_r, cs_i = [], [], [], []
-    for layer in range(L):
-        outs_r, outs_i = [], []
-        for d in range(nd):
-            k = layer * nd + d
-            p = params[k * stride:(k + 1) * stride]
-            w_ih, w_hh = p[0], p[1]
-            b = (p[2] + p[3]) if has_b else None
-            sr, si = layer_in
-            if d == 1:
-                sr, si = sr.flip(0), si.flip(0)
-            (o_r, o_i), (h_r, h_i), (c_r, c_i) = _run_direction(
-                sr, si, w_ih, w_hh, b, (h0r[k], h0i[k]), (c0r[k], c0i[k]))
-            if d == 1:
-                o_r, o_i = o_r.flip(0), o_i.flip(0)
-            outs_r.append(o_r)
-            outs_i.append(o_i)
-            hs_r.append(h_r)
-            hs_i.append(h_i)
-            cs_r.append(c_r)
-            cs_i.append(c_i)
-        layer_in = (torch.cat(outs_r, -1), torch.cat(outs_i, -1))
-    out_r, out_i = layer_in
-    if bf:
-        out_r, out_i = out_r.transpose(0, 1), out_i.transpose(0, 1)
-    total_form = isinstance(x, CDTensor) and x._is_tot
-
-    def wrap(r, i):  # same representation as the input
-        return CDTensor(r, tot=r + i) if total_form else CDTensor(r, i)
-
-    return (wrap(out_r, out_i), wrap(torch.stack(hs_r), torch.stack(hs_i)),
-            wrap(torch.stack(cs_r), torch.stack(cs_i)))
-
-
-# ======================================================================================
-# GRU (the natural extension of the LSTM rules; the reference has no GRU)
-# ======================================================================================
 def _product(a, b, w):
     """Decomposed product of ``a = (a_rel, a_irr, a_bias)`` and ``b`` with the LSTM cell's
-    convention: ``rel`` gets ``a_rel (b_rel + b_bias) + a_bias b_rel``, ``irr`` every term
-    with an irrelevant factor, and the ``bias x bias`` term is split by ``w`` (the share of
-    relevant input at this step: 1 inside a phrase, 0 outside)."""
+    convention (reference ``cd_text``): ``rel`` gets ``a_rel (b_rel + b_bias) + a_bias
+    b_rel``, ``irr`` every term with an irrelevant factor, and the ``bias x bias`` term is
+    split by ``w`` (the relevant share of the input at this step)."""
     ar, ai, ab = a
     br, bi, bb = b
     bias2 = ab * bb
@@ -164,23 +71,52 @@ def _product(a, b, w):
     return rel, irr
 
 
-def _run_gru_direction(xr, xi, w_ih, w_hh, b_ih, b_hh, h0):
-    T = xr.shape[0]
+def _lstm_direction(xr, xi, p, states):
+    w_ih, w_hh = p[0], p[1]
     H = w_hh.shape[1]
+    b = (p[2] + p[3]) if len(p) == 4 else torch.zeros(4 * H, dtype=xr.dtype, device=xr.device)
     pr_all = torch.matmul(xr, w_ih.t())
     pi_all = torch.matmul(xi, w_ih.t())
-    ar = xr.abs().sum(-1, keepdim=True)
-    ai = xi.abs().sum(-1, keepdim=True)
-    inside = (ar + EPS) / (ar + ai + 2 * EPS)  # (T, B, 1)
-    zero = torch.zeros(3 * H, dtype=xr.dtype, device=xr.device)
-    b_ih = zero if b_ih is None else b_ih
-    b_hh = zero if b_hh is None else b_hh
-    bir, biz, bin_ = b_ih.split(H)
-    bhr, bhz, bhn = b_hh.split(H)
-    h_r, h_i = h0
+    inside = _input_share(xr, xi)
+    bi, bf, bg, bo = b.split(H)
+    (h_r, h_i), (c_r, c_i) = states
     out_r, out_i = [], []
     w_hh_t = w_hh.t()
-    for t in range(T):
+    for t in range(xr.shape[0]):
+        pre_r = pr_all[t] + torch.matmul(h_r, w_hh_t)
+        pre_i = pi_all[t] + torch.matmul(h_i, w_hh_t)
+        ri, rf, rg, ro = pre_r.split(H, -1)
+        ii, if_, ig, io = pre_i.split(H, -1)
+        i = _three(ri, ii, bi, torch.sigmoid)
+        f_r, f_i, f_b = _three(rf, if_, bf, torch.sigmoid)
+        g = _three(rg, ig, bg, torch.tanh)
+        o = torch.sigmoid(ro + io + bo)
+        cb, cg = _product(i, g, inside[t])
+        cb = cb + (f_r + f_b) * c_r
+        cg = cg + (f_r + f_i + f_b) * c_i + f_i * c_r
+        tb, tg, tt = torch.tanh(cb), torch.tanh(cg), torch.tanh(cb + cg)
+        h_r = o * 0.5 * (tb + tt - tg)
+        h_i = o * 0.5 * (tg + tt - tb)
+        c_r, c_i = cb, cg
+        out_r.append(h_r)
+        out_i.append(h_i)
+    return (torch.stack(out_r), torch.stack(out_i)), [(h_r, h_i), (c_r, c_i)]
+
+
+def _gru_direction(xr, xi, p, states):
+    w_ih, w_hh = p[0], p[1]
+    H = w_hh.shape[1]
+    zero = torch.zeros(3 * H, dtype=xr.dtype, device=xr.device)
+    b_ih, b_hh = (p[2], p[3]) if len(p) == 4 else (zero, zero)
+    pr_all = torch.matmul(xr, w_ih.t())
+    pi_all = torch.matmul(xi, w_ih.t())
+    inside = _input_share(xr, xi)
+    bir, biz, bin_ = b_ih.split(H)
+    bhr, bhz, bhn = b_hh.split(H)
+    (h_r, h_i), = states
+    out_r, out_i = [], []
+    w_hh_t = w_hh.t()
+    for t in range(xr.shape[0]):
         xr_r, xr_z, xr_n = pr_all[t].split(H, -1)
         xi_r, xi_z, xi_n = pi_all[t].split(H, -1)
         hr_r, hr_z, hr_n = torch.matmul(h_r, w_hh_t).split(H, -1)
@@ -192,13 +128,76 @@ def _run_gru_direction(xr, xi, w_ih, w_hh, b_ih, b_hh, h0):
         pr_, pi_ = _product(r, (hr_n, hi_n, bhn), w)
         n = _three(xr_n + pr_, xi_n + pi_, bin_, torch.tanh)
         # h' = (1 - z) * n + z * h
-        one_minus_z = (-z[0], -z[1], 1 - z[2])
-        qr, qi = _product(one_minus_z, n, w)
+        qr, qi = _product((-z[0], -z[1], 1 - z[2]), n, w)
         zr, zi, zb = z
         h_r, h_i = qr + (zr + zb) * h_r, qi + (zr + zi + zb) * h_i + zi * h_r
         out_r.append(h_r)
         out_i.append(h_i)
-    return (torch.stack(out_r), torch.stack(out_i)), (h_r, h_i)
+    return (torch.stack(out_r), torch.stack(out_i)), [(h_r, h_i)]
+
+
+def _recurrent(op, direction, n_states, args, kwargs, where):
+    """Shared driver of ``torch.lstm`` / ``torch.gru``: argument parsing, layers,
+    directions (the reverse one on the flipped sequence), ``batch_first``; ``direction(xr,
+    xi, params, states) -> ((out_rel, out_irr), final states)``.  Returns the decomposed
+    output and the ``n_states`` decomposed final states (``h``, and ``c`` for the LSTM),
+    in the representation of the input."""
+    names = ["input", "hx", "params", "has_biases", "num_layers", "dropout", "train",
+             "bidirectional", "batch_first"]
+    a = dict(zip(names, args))
+    a.update(kwargs)
+    packed = isinstance(a.get("params"), torch.Tensor) or (
+        n_states == 2 and isinstance(a.get("hx"), torch.Tensor))
+    if packed:  # lstm/gru(data, batch_sizes, hx, ...)
+        raise UnsupportedOperationError("CD: packed sequences in `%s` (%s) are not supported" % (op, where))
+    x, hx, params = a["input"], a["hx"], list(a["params"])
+    has_b, L, bidir, bf = a["has_biases"], a["num_layers"], a["bidirectional"], a["batch_first"]
+    if any(isinstance(p, CDTensor) for p in params):
+        raise UnsupportedOperationError("CD: decomposed `%s` weights in %s" % (op, where))
+    nd = 2 if bidir else 1
+    stride = 4 if has_b else 2
+    if len(params) != L * nd * stride:
+        raise UnsupportedOperationError("CD: `%s` with proj_size > 0 in %s is not supported" % (op, where))
+    xr, xi = _parts(x, None)
+    if bf:
+        xr, xi = xr.transpose(0, 1), xi.transpose(0, 1)
+    zeros = torch.zeros(L * nd, xr.shape[1], params[1].shape[1], dtype=xr.dtype, device=xr.device)
+    given = [hx] if n_states == 1 else (list(hx) if hx is not None else [None, None])
+    init = [_parts(v, zeros) for v in given]
+    layer_in = (xr, xi)
+    finals = [([], []) for _ in range(n_states)]
+    for layer in range(L):
+        outs_r, outs_i = [], []
+        for d in range(nd):
+            k = layer * nd + d
+            sr, si = layer_in
+            if d == 1:
+                sr, si = sr.flip(0), si.flip(0)
+            (o_r, o_i), fin = direction(sr, si, params[k * stride:(k + 1) * stride],
+                                        [(r[k], i[k]) for r, i in init])
+            if d == 1:
+                o_r, o_i = o_r.flip(0), o_i.flip(0)
+            outs_r.append(o_r)
+            outs_i.append(o_i)
+            for (lr, li), (fr, fi) in zip(finals, fin):
+                lr.append(fr)
+                li.append(fi)
+        layer_in = (torch.cat(outs_r, -1), torch.cat(outs_i, -1))
+    out_r, out_i = layer_in
+    if bf:
+        out_r, out_i = out_r.transpose(0, 1), out_i.transpose(0, 1)
+    total_form = isinstance(x, CDTensor) and x._is_tot
+
+    def wrap(r, i):  # same representation as the input
+        return CDTensor(r, tot=r + i) if total_form else CDTensor(r, i)
+
+    return wrap(out_r, out_i), [wrap(torch.stack(r), torch.stack(i)) for r, i in finals]
+
+
+def cd_lstm(args, kwargs, where):
+    """CD of ``torch.lstm``: returns ``(output, h_n, c_n)`` decomposed."""
+    out, (h, c) = _recurrent("lstm", _lstm_direction, 2, args, kwargs, where)
+    return out, h, c
 
 
 def cd_gru(args, kwargs, where):
@@ -207,53 +206,6 @@ def cd_gru(args, kwargs, where):
     three-term rule of the LSTM (relevant ``W x^rel + W h^rel``, irrelevant, bias); the
     products ``r * (W_hn h + b_hn)``, ``(1 - z) * n`` and ``z * h`` follow the LSTM cell's
     convention (relevant-first, ``bias x bias`` by the relevant share of the input); so
-    ``rel + irr`` is the GRU's output up to rounding."""
-    if len(args) > 2 and isinstance(args[2], torch.Tensor):
-        raise UnsupportedOperationError("CD: packed sequences in `gru` (%s) are not supported" % where)
-    names = ["input", "hx", "params", "has_biases", "num_layers", "dropout", "train",
-             "bidirectional", "batch_first"]
-    a = dict(zip(names, args))
-    a.update(kwargs)
-    x, hx, params = a["input"], a["hx"], list(a["params"])
-    has_b, L, bidir, bf = a["has_biases"], a["num_layers"], a["bidirectional"], a["batch_first"]
-    if any(isinstance(p, CDTensor) for p in params):
-        raise UnsupportedOperationError("CD: decomposed GRU weights in %s" % where)
-    nd = 2 if bidir else 1
-    stride = 4 if has_b else 2
-    if len(params) != L * nd * stride:
-        raise UnsupportedOperationError("CD: unexpected `gru` parameters in %s" % where)
-    xr, xi = _parts(x, None)
-    if bf:
-        xr, xi = xr.transpose(0, 1), xi.transpose(0, 1)
-    B = xr.shape[1]
-    H = params[1].shape[1]
-    zeros = torch.zeros(L * nd, B, H, dtype=xr.dtype, device=xr.device)
-    h0r, h0i = _parts(hx, zeros)
-    layer_in = (xr, xi)
-    hs_r, hs_i = [], []
-    for layer in range(L):
-        outs_r, outs_i = [], []
-        for d in range(nd):
-            k = layer * nd + d
-            p = params[k * stride:(k + 1) * stride]
-            sr, si = layer_in
-            if d == 1:
-                sr, si = sr.flip(0), si.flip(0)
-            (o_r, o_i), (h_r, h_i) = _run_gru_direction(
-                sr, si, p[0], p[1], p[2] if has_b else None, p[3] if has_b else None, (h0r[k], h0i[k]))
-            if d == 1:
-                o_r, o_i = o_r.flip(0), o_i.flip(0)
-            outs_r.append(o_r)
-            outs_i.append(o_i)
-            hs_r.append(h_r)
-            hs_i.append(h_i)
-        layer_in = (torch.cat(outs_r, -1), torch.cat(outs_i, -1))
-    out_r, out_i = layer_in
-    if bf:
-        out_r, out_i = out_r.transpose(0, 1), out_i.transpose(0, 1)
-    total_form = isinstance(x, CDTensor) and x._is_tot
-
-    def wrap(r, i):
-        return CDTensor(r, tot=r + i) if total_form else CDTensor(r, i)
-
-    return wrap(out_r, out_i), wrap(torch.stack(hs_r), torch.stack(hs_i))
+    ``rel + irr`` is the GRU's output up to rounding.  Returns ``(output, h_n)``."""
+    out, (h,) = _recurrent("gru", _gru_direction, 1, args, kwargs, where)
+    return out, h

@@ -778,22 +778,17 @@ def _local_conv2d(func, x, weight, bias, rest, kwargs):
     loc = x._loc
     tot1 = x._sec[:1]
     wt = func(tot1, weight, None, (sy, sx), (py, px), (dy, dx), groups)
-    Ho, Wo = wt.shape[-2:]
-    h, w = loc.box
-    ys, nh = _local.out_ranges(loc.ys, h, kh, sy, py, dy, Ho)
-    xs, nw = _local.out_ranges(loc.xs, w, kw, sx, px, dx, Wo)
-    if nh * nw > _local.MAX_FRACTION * Ho * Wo:
+    win = _local.plan_windows(loc, (kh, kw), (sy, sx), (py, px), (dy, dx), wt.shape[-2:])
+    if win is None:
         return None
-    P = loc.windows([y * sy - py for y in ys], [v * sx - px for v in xs],
-                    (nh - 1) * sy + (kh - 1) * dy + 1, (nw - 1) * sx + (kw - 1) * dx + 1)
-    r = func(P, weight, None, (sy, sx), 0, (dy, dx), groups)
+    r = func(loc.windows(win.y0s, win.x0s, win.ph, win.pw), weight, None, (sy, sx), 0, (dy, dx), groups)
     rbg = func(loc.bg, weight, None, (sy, sx), (py, px), (dy, dx), groups)
     if bias is None:
-        return CDTensor.local(LocalRel(rbg, r, ys, xs), wt)
+        return CDTensor.local(LocalRel(rbg, r, win.ys, win.xs), wt)
     b = bias.view(1, -1, 1, 1)
-    crop = _rel_share(r, _local.boxes(wt, ys, xs, nh, nw).sub_(r), b)
+    crop = _rel_share(r, _local.boxes(wt, win.ys, win.xs, win.h, win.w).sub_(r), b)
     bg = _rel_share(rbg, wt - rbg, b)
-    return CDTensor.local(LocalRel(bg, crop, ys, xs), wt + b)
+    return CDTensor.local(LocalRel(bg, crop, win.ys, win.xs), wt + b)
 
 
 def _batch_norm(func, name, args, kwargs):
@@ -925,13 +920,8 @@ def _local_max_pool2d(x, args, kwargs):
     loc = x._loc
     tot1 = x._sec[:1]
     out1, idx1 = F.max_pool2d_with_indices(tot1, ks, st, pad, dil, bool(p.get("ceil_mode", False)))
-    K, C = loc.crop.shape[:2]
-    W = tot1.shape[-1]
-    Ho, Wo = out1.shape[-2:]
-    h, w = loc.box
-    ys, nh = _local.out_ranges(loc.ys, h, ks[0], st[0], pad[0], dil[0], Ho)
-    xs, nw = _local.out_ranges(loc.xs, w, ks[1], st[1], pad[1], dil[1], Wo)
-    if nh * nw > _local.MAX_FRACTION * Ho * Wo:
+    win = _local.plan_windows(loc, ks, st, pad, dil, out1.shape[-2:])
+    if win is None:
         return None  # dense
     if _STATE.pool_replay is not None:
         idx1 = _STATE.pool_replay.pop(0)
@@ -939,16 +929,15 @@ def _local_max_pool2d(x, args, kwargs):
     if _STATE.pool_record is not None:
         _STATE.pool_record.append(idx1)
     bg = loc.bg.flatten(2).gather(2, idx1.flatten(2)).view_as(out1)
-    y0s = [y * st[0] - pad[0] for y in ys]
-    x0s = [v * st[1] - pad[1] for v in xs]
-    ph, pw = (nh - 1) * st[0] + (ks[0] - 1) * dil[0] + 1, (nw - 1) * st[1] + (ks[1] - 1) * dil[1] + 1
-    P = loc.windows(y0s, x0s, ph, pw)
-    idx = _local.boxes(idx1, ys, xs, nh, nw)
-    oy = torch.tensor(y0s, device=idx.device).view(K, 1, 1, 1)
-    ox = torch.tensor(x0s, device=idx.device).view(K, 1, 1, 1)
-    lidx = (torch.div(idx, W, rounding_mode="floor") - oy) * pw + (idx % W - ox)
-    crop = P.flatten(2).gather(2, lidx.flatten(2)).view(K, C, nh, nw)
-    return CDTensor.local(LocalRel(bg, crop, ys, xs), out1)
+    K, C = loc.crop.shape[:2]
+    W = tot1.shape[-1]
+    P = loc.windows(win.y0s, win.x0s, win.ph, win.pw)
+    idx = _local.boxes(idx1, win.ys, win.xs, win.h, win.w)  # flat indices into the H x W map
+    oy = torch.tensor(win.y0s, device=idx.device).view(K, 1, 1, 1)
+    ox = torch.tensor(win.x0s, device=idx.device).view(K, 1, 1, 1)
+    lidx = (torch.div(idx, W, rounding_mode="floor") - oy) * win.pw + (idx % W - ox)
+    crop = P.flatten(2).gather(2, lidx.flatten(2)).view(K, C, win.h, win.w)
+    return CDTensor.local(LocalRel(bg, crop, win.ys, win.xs), out1)
 
 
 def _local_avg_pool2d(x, args, kwargs):
@@ -960,16 +949,11 @@ def _local_avg_pool2d(x, args, kwargs):
         return None
     loc = x._loc
     t1 = F.avg_pool2d(x._sec[:1], ks, st, pad)
-    Ho, Wo = t1.shape[-2:]
-    h, w = loc.box
-    ys, nh = _local.out_ranges(loc.ys, h, ks[0], st[0], pad[0], 1, Ho)
-    xs, nw = _local.out_ranges(loc.xs, w, ks[1], st[1], pad[1], 1, Wo)
-    if nh * nw > _local.MAX_FRACTION * Ho * Wo:
+    win = _local.plan_windows(loc, ks, st, pad, (1, 1), t1.shape[-2:])
+    if win is None:
         return None
-    P = loc.windows([y * st[0] - pad[0] for y in ys], [v * st[1] - pad[1] for v in xs],
-                    (nh - 1) * st[0] + ks[0], (nw - 1) * st[1] + ks[1])
-    crop = F.avg_pool2d(P, ks, st, 0)
-    return CDTensor.local(LocalRel(F.avg_pool2d(loc.bg, ks, st, pad), crop, ys, xs), t1)
+    crop = F.avg_pool2d(loc.windows(win.y0s, win.x0s, win.ph, win.pw), ks, st, 0)
+    return CDTensor.local(LocalRel(F.avg_pool2d(loc.bg, ks, st, pad), crop, win.ys, win.xs), t1)
 
 
 _SCALINGS = {"mul", "__mul__", "__rmul__", "multiply", "div", "__truediv__", "true_divide", "divide"}
@@ -1000,16 +984,13 @@ def _local_scale(f, args):
 
 def _local_sum(parts, coefs):
     """``sum_j coef_j * part_j`` of local decomposed tensors of one shape (union boxes)."""
-    H, W = parts[0]._sec.shape[-2:]
     locs = [t._loc for t in parts]
-    ys, nh = _local.union_ranges([l.ys for l in locs], [l.box[0] for l in locs], H)
-    xs, nw = _local.union_ranges([l.xs for l in locs], [l.box[1] for l in locs], W)
-    if nh * nw > _local.MAX_FRACTION * H * W:
+    common = _local.common_boxes(locs, parts[0]._sec.shape[-2:])
+    if common is None:
         return None
+    ys, xs, _, _, crops = common
     crop = bg = tot = None
-    for t, l, c in zip(parts, locs, coefs):
-        same = l.ys == ys and l.xs == xs and l.box == (nh, nw)
-        cr = l.crop if same else l.windows(ys, xs, nh, nw)
+    for t, l, cr, c in zip(parts, locs, crops, coefs):
         cr, b_, t1 = (cr, l.bg, t._sec[:1]) if c == 1 else (c * cr, c * l.bg, c * t._sec[:1])
         crop = cr if crop is None else crop + cr
         bg = b_ if bg is None else bg + b_
@@ -1019,14 +1000,11 @@ def _local_sum(parts, coefs):
 
 def _local_cat(parts):
     """Channel concatenation of local decomposed tensors (union boxes)."""
-    H, W = parts[0]._sec.shape[-2:]
     locs = [t._loc for t in parts]
-    ys, nh = _local.union_ranges([l.ys for l in locs], [l.box[0] for l in locs], H)
-    xs, nw = _local.union_ranges([l.xs for l in locs], [l.box[1] for l in locs], W)
-    if nh * nw > _local.MAX_FRACTION * H * W:
+    common = _local.common_boxes(locs, parts[0]._sec.shape[-2:])
+    if common is None:
         return None
-    crops = [l.crop if (l.ys == ys and l.xs == xs and l.box == (nh, nw)) else l.windows(ys, xs, nh, nw)
-             for l in locs]
+    ys, xs, _, _, crops = common
     return CDTensor.local(LocalRel(torch.cat([l.bg for l in locs], 1), torch.cat(crops, 1), ys, xs),
                           torch.cat([t._sec[:1] for t in parts], 1))
 
