@@ -10,6 +10,7 @@
     python benchmarks/bench_cd.py --variants refcompat default dense   # which of ours to run
     python benchmarks/bench_cd.py --model small     # toy CNN (2 conv, 2 max-pool), 32 px, 16x16 grid
     python benchmarks/bench_cd.py --count-images chelsea coffee astronaut rocket   # counts only
+    python benchmarks/bench_cd.py --model lite0   # counts on a trained model (EfficientNet-Lite0)
 
 Input: ``skimage.data.chelsea()`` resized to the ACD size and ImageNet-normalized (``--image``).
 
@@ -130,10 +131,10 @@ def bench_throughput(model, size, n_masks, ref, ref_repeats, loop_ref, rows, ima
     reps = 1 if n_masks > 8 else 2
     with torch.no_grad():
         t_fwd = _median_time(lambda: model(xb), reps)
-    cd = CD(model)
-    t_cd = _median_time(lambda: cd.decompose(x, masks), reps)
-    cd_dense = CD(model, local=False)
-    t_dense = _median_time(lambda: cd_dense.decompose(x, masks), reps)
+    # a fresh CD per call: the times include the precision check (one float64 mask per input)
+    t_cd = _median_time(lambda: CD(model).decompose(x, masks), reps)
+    t_dense = _median_time(lambda: CD(model, local=False).decompose(x, masks), reps)
+    cd, cd_dense = CD(model), CD(model, local=False)
     rel, irr = cd.decompose(x, masks)
     rel_d, _ = cd_dense.decompose(x, masks)
     with torch.no_grad():
@@ -142,9 +143,10 @@ def bench_throughput(model, size, n_masks, ref, ref_repeats, loop_ref, rows, ima
            "local_vs_dense": float((rel - rel_d).abs().max())}
     print("  forward of %d images: %.3f s; CD of %d masks (one decompose call): %.3f s (%.2fx), "
           "dense (local=False) %.3f s (%.2fx); conservation max|rel+irr-logits| = %.1e; "
-          "max|rel_local - rel_dense| = %.1e"
+          "max|rel_local - rel_dense| = %.1e; precision check: float32 off by %.1e of the output "
+          "(computation dtype kept: %s)"
           % (n_masks, t_fwd, n_masks, t_cd, t_cd / t_fwd, t_dense, t_dense / t_fwd, cons,
-             res["local_vs_dense"]), flush=True)
+             res["local_vs_dense"], cd.precision_error, cd.computation_dtype is None), flush=True)
     if ref is not None:
         m0 = masks[0, 0].numpy()[None]
         t1 = _median_time(lambda: ref["cd"](x, model, m0, None, device="cpu"), ref_repeats)
@@ -287,6 +289,77 @@ def count_sweep(model, size, sweep_dim, images, percentile=95, num_iters=5):
             h.cd_evaluations / h.reference_cd_calls, t), flush=True)
 
 
+def pretrained_sweep(sizes, images, ref, percentile=95, num_iters=5):
+    """EfficientNet-Lite0 with its real ImageNet weights (the pretrained VGG16 of the paper
+    cannot be loaded offline): our hierarchy (default mode) against the reference
+    *procedure* run by the ``acd`` package's own code (``agg_2d.agglomerate``), whose CD calls
+    are answered by our CD (``acd``'s CD walks ``model.modules()`` and would drop Lite0's
+    residual additions): with the scores our procedure computed for the same masks, and a
+    one-mask CD call for any other mask.  Counts the reference's calls for that tree and
+    checks that both procedures build the same hierarchy from the same scores.  Times are
+    ours only (ACD with the automatic CD dtype: float64 here, see ``CD(dtype=...)``)."""
+    from captum_rap.zoo import efficientnet_lite0, lite0_preprocess, skimage_photo
+
+    model = efficientnet_lite0(pretrained=True).eval()
+    cd = CD(model)
+    scores = {}  # pixel mask -> (rel, irr) of one mask, shared by both procedures
+
+    def _key(mask):
+        return np.packbits(np.asarray(mask, dtype=bool).ravel()).tobytes()
+
+    def our_cd(im_torch, model_, mask=None, model_type=None, device="cuda", transform=None):
+        _RefCounter.calls += 1
+        key = _key(mask)
+        if key not in scores:  # a mask our procedure did not score: one CD call
+            m = torch.as_tensor(np.asarray(mask, dtype=np.float32))[:, None]  # (1, 1, H, W)
+            scores[key] = cd.decompose(im_torch, m)
+        return scores[key]
+
+    if ref is not None:
+        from acd.scores import score_funcs
+        score_funcs.cd = our_cd
+    print("\nACD on pretrained EfficientNet-Lite0 (ImageNet weights), percentile %g, %d iterations;"
+          " reference = acd's agglomerate with our CD" % (percentile, num_iters), flush=True)
+    print("| size / sweep_dim | image | target | levels | blobs before merging | evaluations "
+          "| reference procedure (acd's code, counted) | ratio | same hierarchy | time (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for size, sweep_dim in sizes:
+        for image in images:
+            x = lite0_preprocess(skimage_photo(image), size)
+            with torch.no_grad():
+                target = int(model(x).argmax())
+            acd = ACD(model)
+            scores.clear()
+            decompose = acd.cd.decompose
+
+            def recording(inputs, masks, **kw):  # keep our scores for the reference's run
+                rel, irr = decompose(inputs, masks, **kw)
+                for k in range(masks.shape[0]):
+                    scores[_key(masks[k].cpu().numpy())] = (rel[k:k + 1], irr[k:k + 1])
+                return rel, irr
+
+            acd.cd.decompose = recording
+            t0 = time.perf_counter()
+            h = acd.hierarchy(x, target, sweep_dim=sweep_dim, percentile_include=percentile,
+                              num_iters=num_iters)
+            t = time.perf_counter() - t0
+            n_ref, same = h.reference_cd_calls, "not run"
+            if ref is not None:
+                _RefCounter.calls = 0
+                ref_lists = ref["agglomerate"](model, None, percentile, "cd", sweep_dim,
+                                               np.zeros((size, size)), target, num_iters=num_iters,
+                                               im_torch=x, model_type=None, device="cpu")
+                n_ref = _RefCounter.calls
+                cmp = compare_hierarchies(h.raw, ref_lists)
+                same = "yes" if cmp["labelled_equal"] else "no (first difference at level %s)" % cmp["first_diff"]
+                if n_ref != h.reference_cd_calls:
+                    same += "; procedure count %d != acd's %d" % (h.reference_cd_calls, n_ref)
+            blobs = len(h.levels[h.num_before_final - 1])
+            print("| %d / %d | %s | %d | %d | %d | %d | %d | %.3f | %s | %.1f |" % (
+                size, sweep_dim, image, target, len(h), blobs, h.cd_evaluations, n_ref,
+                h.cd_evaluations / n_ref, same, t), flush=True)
+
+
 # --------------------------------------------------------------------------------------
 def print_table(rows, args):
     print("\n## CD / ACD benchmarks (%s, random weights, float32, %d torch threads)\n"
@@ -329,8 +402,10 @@ def main() -> None:
     ap.add_argument("--skip-acd", action="store_true")
     ap.add_argument("--variants", nargs="+", default=["refcompat-batched", "default"],
                     choices=["refcompat", "refcompat-batched", "default", "dense"])
-    ap.add_argument("--model", choices=["vgg16", "small"], default="vgg16",
-                    help="vgg16 (default) or a toy CNN at 32 px (fast complete comparison)")
+    ap.add_argument("--model", choices=["vgg16", "small", "lite0"], default="vgg16",
+                    help="vgg16 (default), a toy CNN at 32 px (fast complete comparison), or the "
+                         "pretrained EfficientNet-Lite0 (ACD evaluation counts on a trained model "
+                         "at 112/7 and 224/14, photos of --count-images or the four defaults)")
     ap.add_argument("--image", default="chelsea",
                     help="ACD / throughput input: a scikit-image photo name (default chelsea) or 'noise'")
     ap.add_argument("--count-images", nargs="+", default=None, metavar="IMAGE",
@@ -347,13 +422,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    MODEL_NAME[0] = "VGG16" if args.model == "vgg16" else "toy CNN"
-    model = (torchvision.models.vgg16(weights=None) if args.model == "vgg16" else small_cnn()).eval()
+    MODEL_NAME[0] = {"vgg16": "VGG16", "small": "toy CNN", "lite0": "EfficientNet-Lite0"}[args.model]
     ref = None if args.no_reference else load_reference()
     if ref is None and not args.no_reference:
         print("acd package not found (pip install --no-deps acd==0.0.2): reference skipped", file=sys.stderr)
     print("torch %s, numpy %s, %d threads, %s cores" % (torch.__version__, np.__version__,
                                                       torch.get_num_threads(), os.cpu_count()), flush=True)
+    if args.model == "lite0":
+        sizes = [(args.acd_size, args.sweep_dim)] if args.acd_size else [(112, 7), (224, 14)]
+        pretrained_sweep(sizes, args.count_images or ["chelsea", "coffee", "astronaut", "rocket"], ref)
+        return
+    model = (torchvision.models.vgg16(weights=None) if args.model == "vgg16" else small_cnn()).eval()
     rows = []
     all_variants = {"refcompat": ("reference_compatible, batch 1", {"reference_compatible": True}),
                     "refcompat-batched": ("reference_compatible, batch 32",

@@ -1,5 +1,6 @@
 """Contextual decomposition (CD): reference fixtures, conservation, rules, model safety."""
 
+import copy
 import pickle
 import warnings
 from pathlib import Path
@@ -324,7 +325,7 @@ def test_total_is_computed_once_for_all_masks(arch):
         m(x)
     one = fc.get_total_flops()
     with FlopCounterMode(display=False) as fc:
-        CD(m).decompose(x, masks)
+        CD(m, check_precision=False).decompose(x, masks)  # (the check adds a float64 mask)
     assert one > 0
     assert fc.get_total_flops() <= (K + 1) * one * 1.001, (arch, fc.get_total_flops() / one)
 
@@ -732,3 +733,122 @@ def test_local_equals_dense_on_architectures(arch):
     tol = 1e-7 if arch == "mobilenet_v2" else 1e-12  # its random BN stack amplifies rounding
     assert _rel_err(rel2, rel) <= tol and _rel_err(irr2, irr) <= tol, arch
     assert fl.get_total_flops() < 0.95 * fd.get_total_flops(), arch
+
+
+# ---- computation dtype and the precision check ----------------------------------------
+class _CastsInside(nn.Module):
+    """A small BN CNN whose forward converts dtypes itself (``x.to(weight.dtype)``,
+    ``.float()``) and adds an in-forward float32 constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6 * 4 * 4, 5)
+        self.register_buffer("shift", torch.linspace(-0.5, 0.5, 6).view(1, 6, 1, 1))
+        self.to_float = True  # (off for the float64 copy, which could not run it)
+
+    def forward(self, x):
+        x = x.to(self.conv.weight.dtype)
+        x = torch.relu(self.bn(self.conv(x))) + self.shift
+        x = F.max_pool2d(x.float() if self.to_float else x, 2)
+        return self.fc(x.flatten(1))
+
+
+def test_dtype_float64_on_a_float32_model_equals_the_double_model():
+    """``dtype=torch.float64`` computes as the model converted to float64 would (same
+    numbers to rounding), without touching the model: parameters, buffers and dtypes."""
+    torch.manual_seed(3)
+    m = _randomize_bn(_CastsInside(), seed=4).eval()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    x = torch.randn(1, 3, 8, 8)
+    masks = (torch.rand(5, 1, 8, 8) < 0.4).float()
+    rel, irr = CD(m, dtype=torch.float64).decompose(x, masks)
+    m64 = copy.deepcopy(m).double()
+    m64.to_float = False
+    rel_ref, irr_ref = CD(m64).decompose(x.double(), masks.double())
+    assert rel.dtype == torch.float64 and irr.dtype == torch.float64
+    assert torch.allclose(rel, rel_ref, rtol=0, atol=1e-12)
+    assert torch.allclose(irr, irr_ref, rtol=0, atol=1e-12)
+    for k, v in m.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+    # a float32 run differs from it (only) by float32 rounding, and its check passes
+    cd = CD(m)
+    rel32, _ = cd.decompose(x, masks)
+    assert rel32.dtype == torch.float32 and cd.computation_dtype is None
+    assert cd.precision_error is not None and cd.precision_error < 1e-5
+    assert float((rel32.double() - rel).abs().max()) < 1e-5
+    with pytest.raises(ValueError, match="dtype"):
+        CD(m, dtype=torch.int64)
+
+
+@pytest.fixture(scope="module")
+def lite0_real_64():
+    return _efficientnet_lite0(64).eval()
+
+
+def test_ill_conditioned_float32_switches_to_float64(lite0_real_64):
+    """On the pretrained EfficientNet-Lite0, float32 CD scores are off by several percent
+    of the logits (rounding amplified by the bias / batch-norm shift splits): the automatic
+    dtype detects it with one float64 mask and recomputes in float64; an explicit float32
+    warns."""
+    from captum_rap.zoo import lite0_preprocess, skimage_photo
+
+    m = lite0_real_64
+    x = lite0_preprocess(skimage_photo("chelsea"), 64)
+    masks = torch.zeros(4, 1, 64, 64)
+    for k in range(4):
+        masks[k, :, 8 * k:8 * k + 8, 16:24] = 1
+    exact, _ = CD(m, dtype=torch.float64).decompose(x, masks)
+    scale = float(exact.abs().max())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the automatic mode does not warn
+        cd = CD(m)
+        rel, irr = cd.decompose(x, masks)
+    assert cd.computation_dtype == torch.float64 and cd.precision_error > 1e-3
+    assert rel.dtype == torch.float32
+    assert float((rel.double() - exact).abs().max()) <= 1e-6 * scale
+    with torch.no_grad():
+        y = m(x)
+    assert float((rel + irr - y).abs().max()) <= 1e-5 * float(y.abs().max())
+    # the next input is computed in float64 directly (no float32 pass, no check)
+    n0 = cd.num_forwards
+    cd.decompose(x.clone(), masks)
+    assert cd.num_forwards - n0 == -(-4 // _auto_batch(x))
+    # explicit float32: kept, with a warning that names the error and the remedy
+    cd32 = CD(m, dtype=torch.float32)
+    with pytest.warns(RuntimeWarning, match="ill-conditioned.*float64"):
+        r32, _ = cd32.decompose(x, masks)
+    assert cd32.computation_dtype == torch.float32
+    assert float((r32.double() - exact).abs().max()) > 1e-3 * scale  # what the check caught
+
+
+def _auto_batch(x):
+    from captum_rap._core.cd import _auto_batch_size
+
+    return _auto_batch_size(tuple(x.shape[1:]))
+
+
+@pytest.mark.parametrize("rnn", ["lstm", "gru"])
+def test_dtype_float64_on_float32_text_models(rnn):
+    """Token models: the embedding, ``nn.LSTM`` / ``nn.GRU`` (which check the input's dtype
+    against their weights) and the head run in float64 from a float32 model, as the float64
+    copy of the model would."""
+    torch.manual_seed(5)
+    m = LSTMSentiment(40, emb=8, hidden=6, classes=3, num_layers=2, bidirectional=True).eval()
+    if rnn == "gru":
+        m.lstm = nn.GRU(8, 6, num_layers=2, bidirectional=True).eval()
+    ids = torch.randint(0, 40, (11, 1))
+    spans = [(0, 10), (2, 4), (7, 7)]
+    cd = CD(m, batch_dim=1, dtype=torch.float64)
+    rel, irr = cd.decompose(ids, spans=spans)
+    ref_rel, ref_irr = CD(copy.deepcopy(m).double(), batch_dim=1).decompose(ids, spans=spans)
+    assert rel.dtype == torch.float64
+    assert torch.allclose(rel, ref_rel, rtol=0, atol=1e-12)
+    assert torch.allclose(irr, ref_irr, rtol=0, atol=1e-12)
+    assert all(p.dtype == torch.float32 for p in m.parameters())
+    # the automatic mode's check passes on this small model: float32 is kept
+    auto = CD(m, batch_dim=1)
+    r32, _ = auto.decompose(ids, spans=spans)
+    assert r32.dtype == torch.float32 and auto.computation_dtype is None
+    assert float((r32.double() - rel).abs().max()) < 1e-5

@@ -72,6 +72,11 @@ class _State(threading.local):
         # true activation are broken by rounding noise, differently in each arithmetic)
         self.pool_record: Optional[List[torch.Tensor]] = None
         self.pool_replay: Optional[List[torch.Tensor]] = None
+        # computation dtype (None: as given): the model's floating constants (weights,
+        # biases, running statistics, in-forward constants) are cast to it, cached per call
+        self.dtype: Optional[torch.dtype] = None
+        self.face_dtype: Optional[torch.dtype] = None  # the dtype the model sees
+        self.casts: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 _STATE = _State()
@@ -84,17 +89,27 @@ def _where() -> str:
 
 
 @contextlib.contextmanager
-def cd_context(model: torch.nn.Module, reference: bool = False, linear_bias_to_neither: bool = False):
-    """Set the rule flags and track module names (global forward hooks, removed on exit)."""
+def cd_context(model: torch.nn.Module, reference: bool = False, linear_bias_to_neither: bool = False,
+               dtype: Optional[torch.dtype] = None, face_dtype: Optional[torch.dtype] = None):
+    """Set the rule flags and track module names (global forward hooks, removed on exit).
+
+    ``dtype``: computation dtype; floating tensors that meet a decomposed tensor in a torch
+    function (parameters, buffers, constants) are cast to it (copies: the model's own
+    tensors are not touched), and dtype conversions of decomposed tensors keep it;
+    ``face_dtype``: the dtype decomposed tensors report to the model (its own)."""
     names = {}
     if isinstance(model, torch.nn.Module):
         for n, m in model.named_modules():
             names.setdefault(id(m), n if n else "model")
-    old = (_STATE.reference, _STATE.linear_bias_to_neither, _STATE.module_stack, _STATE.names)
+    old = (_STATE.reference, _STATE.linear_bias_to_neither, _STATE.module_stack, _STATE.names,
+           _STATE.dtype, _STATE.casts, _STATE.face_dtype)
     _STATE.reference = reference
     _STATE.linear_bias_to_neither = linear_bias_to_neither
     _STATE.module_stack = []
     _STATE.names = names
+    _STATE.dtype = dtype
+    _STATE.casts = {}
+    _STATE.face_dtype = face_dtype
 
     def pre(mod, inp):
         nm = _STATE.names.get(id(mod), "<%s>" % type(mod).__name__)
@@ -111,12 +126,24 @@ def cd_context(model: torch.nn.Module, reference: bool = False, linear_bias_to_n
     finally:
         h1.remove()
         h2.remove()
-        (_STATE.reference, _STATE.linear_bias_to_neither, _STATE.module_stack, _STATE.names) = old
+        (_STATE.reference, _STATE.linear_bias_to_neither, _STATE.module_stack, _STATE.names,
+         _STATE.dtype, _STATE.casts, _STATE.face_dtype) = old
 
 
 # --------------------------------------------------------------------------------------
 # the decomposed tensor types
 # --------------------------------------------------------------------------------------
+def _face(t: torch.Tensor) -> torch.Tensor:
+    """What a decomposed tensor shows the model (shape, dtype, device): ``t`` itself, or,
+    when the computation runs in another dtype than the model's, a stride-0 view of a
+    scalar of the model's dtype (modules that check ``input.dtype`` against their weights,
+    such as ``nn.LSTM``, see the dtype they expect; no memory is used)."""
+    face = _STATE.face_dtype
+    if _STATE.dtype is None or face is None or t.dtype == face or not t.is_floating_point():
+        return t.detach()
+    return torch.zeros((), dtype=face, device=t.device).expand(t.shape)
+
+
 class CDTensor(torch.Tensor):
     """An activation split as ``rel + irr`` (relevant and irrelevant parts).
 
@@ -140,7 +167,7 @@ class CDTensor(torch.Tensor):
         sec = irr if tot is None else tot
         if rel.shape != sec.shape:  # views: a total may stay expanded (stride 0)
             rel, sec = torch.broadcast_tensors(rel, sec)
-        t = torch.Tensor._make_subclass(cls, rel.detach(), False)
+        t = torch.Tensor._make_subclass(cls, _face(rel), False)
         t._relv = rel
         t._loc = None
         t._sec = sec
@@ -153,7 +180,7 @@ class CDTensor(torch.Tensor):
         """Total form with the relevant part kept as boxes; ``tot1`` is one row of the
         total (1, C, H, W), expanded to the K masks."""
         tot = tot1.expand((loc.crop.shape[0],) + tuple(tot1.shape[1:]))
-        t = torch.Tensor._make_subclass(cls, tot.detach(), False)
+        t = torch.Tensor._make_subclass(cls, _face(tot), False)
         t._relv = None
         t._loc = loc
         t._sec = tot
@@ -257,10 +284,42 @@ def _run_plain(func, args, kwargs):
         return func(*args, **kwargs)
 
 
+def _cast(a):
+    """``a`` in the computation dtype when it is a plain floating tensor of another one."""
+    if isinstance(a, (list, tuple)):
+        out = [_cast(v) for v in a]
+        return type(a)(out) if isinstance(a, list) else tuple(out)
+    if (type(a) is torch.Tensor or isinstance(a, torch.nn.Parameter)) and a.is_floating_point() \
+            and a.dtype != _STATE.dtype:
+        hit = _STATE.casts.get(id(a))
+        if hit is None or hit[0] is not a:
+            with torch._C.DisableTorchFunctionSubclass():
+                hit = (a, a.detach().to(_STATE.dtype))
+            _STATE.casts[id(a)] = hit
+        return hit[1]
+    return a
+
+
+_DTYPE_CONVERSIONS = {"to", "type", "float", "double", "half", "bfloat16"}
+
+
 def _dispatch(func, args, kwargs):
     name = _func_name(func)
     if name in _META or (name.startswith("get:") and name not in _META_GETTERS_LINEAR):
         return _run_plain(func, args, kwargs)
+    if _STATE.dtype is not None:
+        if name in _DTYPE_CONVERSIONS and args and _is_cd(args[0]):
+            # the decomposition keeps its computation dtype (a device move still applies)
+            if name != "to":
+                return args[0]
+            rest = [a.device if isinstance(a, torch.Tensor) else a for a in args[1:]
+                    if not isinstance(a, torch.dtype)]
+            kwargs = {k: v for k, v in kwargs.items() if k != "dtype"}
+            if not rest and "device" not in kwargs:
+                return args[0]
+            args = (args[0],) + tuple(rest)
+        args = _cast(args)
+        kwargs = {k: _cast(v) for k, v in kwargs.items()}
     # token ids
     if any(isinstance(a, TokenCDTensor) for a in _iter_args(args, kwargs)):
         return _token_dispatch(func, name, args, kwargs)

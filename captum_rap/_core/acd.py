@@ -323,6 +323,11 @@ class ACD:
             :class:`CD`; up to 32), 1 in ``reference_compatible`` mode
         batch_dim (int, optional): batch axis of the model input (1 for sequence-first
             text models). Default: 0
+        dtype (torch.dtype, optional): CD computation dtype (see :class:`CD`). Default:
+            None, automatic: float64 once CD's precision check finds the input's dtype too
+            imprecise for this model (the hierarchy of an ill-conditioned float32 CD
+            depends on rounding)
+        check_precision (bool, optional): see :class:`CD`. Default: True
 
     Examples::
 
@@ -335,10 +340,11 @@ class ACD:
     """
 
     def __init__(self, model: Callable, reference_compatible: bool = False,
-                 batch_size: Optional[int] = None, batch_dim: int = 0) -> None:
+                 batch_size: Optional[int] = None, batch_dim: int = 0,
+                 dtype: Optional[torch.dtype] = None, check_precision: bool = True) -> None:
         self.model = model
         self.cd = CD(model, reference_compatible=reference_compatible, batch_size=batch_size,
-                     batch_dim=batch_dim)
+                     batch_dim=batch_dim, dtype=dtype, check_precision=check_precision)
 
     # ------------------------------------------------------------------------------
     def hierarchy(
