@@ -852,3 +852,24 @@ def test_dtype_float64_on_float32_text_models(rnn):
     r32, _ = auto.decompose(ids, spans=spans)
     assert r32.dtype == torch.float32 and auto.computation_dtype is None
     assert float((r32.double() - rel).abs().max()) < 1e-5
+
+
+def test_dtype_mode_raising_midway_leaves_model_and_state_clean():
+    """An unsupported op in a float64 computation of a float32 model: a clear error, the
+    model's parameters, buffers, dtypes and hooks as before, and no computation dtype left
+    behind for the next call."""
+    torch.manual_seed(7)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.GELU(), nn.Flatten(), nn.Linear(4 * 36, 3)).eval()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    x = torch.randn(1, 3, 8, 8)
+    masks = (torch.rand(3, 1, 8, 8) < 0.5).float()
+    with pytest.raises(UnsupportedOperationError, match="gelu"):
+        CD(m, dtype=torch.float64).decompose(x, masks)
+    for k, v in m.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+    assert cdt._STATE.dtype is None and cdt._STATE.face_dtype is None and not cdt._STATE.casts
+    assert not m._forward_hooks and not m._forward_pre_hooks
+    m[2] = nn.ReLU().eval()
+    rel, irr = CD(m).decompose(x, masks)  # a later plain call runs in float32
+    assert rel.dtype == torch.float32
+    assert torch.allclose(rel + irr, m(x).expand_as(rel), atol=1e-5)
