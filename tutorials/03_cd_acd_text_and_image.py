@@ -157,6 +157,13 @@ print("roots:", [(g.level, g.id, round(g.score, 3)) for g in tree.roots()])
 # settings: a small input and large blocks (a 4 x 4 grid in fast mode, 7 x 7 otherwise).
 # `hierarchy` decomposes all candidate masks of one step in batches; `progress=True` would
 # show a progress bar.
+#
+# Precision: CD's bias split amplifies rounding on deep networks with batch norm, and on this
+# pretrained EfficientNet-Lite0 float32 CD scores are off by several percent of the logits.
+# CD therefore computes one mask in float32 and float64 for each new input and, when they
+# disagree, runs in float64 (the model itself stays float32).  `acd.cd.computation_dtype`
+# and `acd.cd.precision_error` show what happened; `ACD(model, dtype=torch.float64)` asks
+# for float64 directly.
 
 # %%
 from captum_rap.zoo import efficientnet_lite0, imagenet_categories, lite0_preprocess, skimage_photo
@@ -170,8 +177,11 @@ with torch.no_grad():
 target = int(logits.argmax())
 print(f"chelsea at {SIZE} px -> {names[target]!r} ({float(logits.softmax(1)[0, target]):.3f})")
 t0 = time.perf_counter()
-tree_img = ACD(model).hierarchy(x, target=target, sweep_dim=SWEEP, percentile_include=90, num_iters=ITERS)
+acd_img = ACD(model)
+tree_img = acd_img.hierarchy(x, target=target, sweep_dim=SWEEP, percentile_include=90, num_iters=ITERS)
 print(f"ACD: {len(tree_img)} levels, {tree_img.cd_evaluations} CD evaluations, {time.perf_counter() - t0:.1f} s")
+print(f"CD precision check: float32 off by {acd_img.cd.precision_error:.1e} of the logits -> computed in "
+      f"{acd_img.cd.computation_dtype or x.dtype}")
 for lev in range(len(tree_img)):
     groups = tree_img.groups(lev)
     if groups:
