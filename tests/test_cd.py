@@ -821,6 +821,11 @@ def test_ill_conditioned_float32_switches_to_float64(lite0_real_64):
         r32, _ = cd32.decompose(x, masks)
     assert cd32.computation_dtype == torch.float32
     assert float((r32.double() - exact).abs().max()) > 1e-3 * scale  # what the check caught
+    # reference_compatible keeps the reference's arithmetic in the input's dtype: it warns
+    ref = CD(m, reference_compatible=True)
+    with pytest.warns(RuntimeWarning, match="ill-conditioned"):
+        rr, _ = ref.decompose(x, masks[:2])
+    assert ref.computation_dtype is None and rr.dtype == torch.float32
 
 
 def _auto_batch(x):

@@ -179,12 +179,14 @@ class CD(Attribution):
             VGG16 is fine in float32.  None (default): automatic, the input's dtype while
             the precision check (below) passes, float64 from the first failed check on
             (the results are returned in the input's dtype); an explicit dtype is used as
-            given (a failed check then warns).
+            given (a failed check then warns), and so is the input's dtype in
+            ``reference_compatible`` mode, which keeps the reference's arithmetic.
         check_precision (bool, optional): for float32 / half computations, compute one
             mask per new input (the middle one) in that dtype and in float64 first, and
             compare.  A difference of more than ``PRECISION_TOLERANCE`` (1e-3) of the
             largest output switches the automatic dtype to float64 (before the masks are
-            computed) or, for an explicit dtype, warns (``RuntimeWarning``, once).
+            computed) or, for an explicit dtype or in ``reference_compatible`` mode,
+            warns (``RuntimeWarning``, once).
             ``precision_error`` keeps the last measured relative error.  Costs one mask in
             each dtype per new input.  Default: True
 
@@ -287,7 +289,7 @@ class CD(Attribution):
         afa = _format_additional_forward_args(additional_forward_args)
         dtype = self.dtype if self.dtype is not None else self._auto_dtype
         if self.check_precision and K and not self._precise_enough(inputs, masks, afa, is_tokens, dtype):
-            if self.dtype is None:  # automatic: this model needs float64 (from now on)
+            if self.dtype is None and not self.reference_compatible:  # automatic: float64 from now on
                 self._auto_dtype = dtype = torch.float64
                 _LOG.info("CD: switching to float64 computation (float32 off by %.2g of the output)",
                           self.precision_error)
@@ -369,7 +371,7 @@ class CD(Attribution):
         self.precision_error = err / max(scale, 1e-30)
         if self.precision_error <= self.PRECISION_TOLERANCE:
             return True
-        if self.dtype is not None and not self._precision_warned:
+        if (self.dtype is not None or self.reference_compatible) and not self._precision_warned:
             self._precision_warned = True
             name = str(rel.dtype).replace("torch.", "")
             warnings.warn(
@@ -377,7 +379,8 @@ class CD(Attribution):
                 "mask computed in float64 differs by %.3g (%.2g of the largest output, %.3g). "
                 "CD's bias split |r| / (|r| + |i|) amplifies rounding through deep networks with "
                 "large biases / batch-norm shifts; the %s scores are not reliable. Use "
-                "dtype=None (automatic) or torch.float64 (the model is not changed)."
+                "dtype=torch.float64 (the model is not changed), or the default mode with "
+                "dtype=None (automatic)."
                 % (name, err, self.precision_error, scale, name), RuntimeWarning, stacklevel=4)
         return False
 
