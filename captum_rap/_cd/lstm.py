@@ -9,9 +9,12 @@ ACD), for every layer and direction:
 * input, forget and cell gates linearised with the three-term rule (bias first, average
   over the two orders of the two other terms); the output gate is not decomposed;
 * the ``bias x bias`` term of the cell goes to ``rel`` at positions whose input is
-  relevant (inside the phrase) and to ``irr`` otherwise; in general (deeper layers,
-  soft masks) it is split with the weight ``|x^rel_t|_1 / (|x^rel_t|_1 + |x^irr_t|_1)``,
-  which is exactly the reference's ``[t in phrase]`` for a binary mask on the first layer;
+  relevant (inside the phrase) and to ``irr`` otherwise: on a layer fed by the embedding
+  (directly or through dropout, scalings and axis permutations) the weight is the mask
+  value of the token (the reference's ``[t in phrase]``, also for tokens whose embedding
+  is zero, e.g. ``padding_idx``); elsewhere (deeper layers, other input transforms) it is
+  ``|x^rel_t|_1 / (|x^rel_t|_1 + |x^irr_t|_1)``, equal to the mask for a mask applied to
+  a nonzero input;
 * ``h^rel = o * (tanh(c^rel) + tanh(c) - tanh(c^irr)) / 2`` and symmetrically.
 
 Multi-layer LSTMs feed the decomposed hidden sequence of one layer to the next; the
@@ -71,13 +74,13 @@ def _product(a, b, w):
     return rel, irr
 
 
-def _lstm_direction(xr, xi, p, states):
+def _lstm_direction(xr, xi, p, states, share=None):
     w_ih, w_hh = p[0], p[1]
     H = w_hh.shape[1]
     b = (p[2] + p[3]) if len(p) == 4 else torch.zeros(4 * H, dtype=xr.dtype, device=xr.device)
     pr_all = torch.matmul(xr, w_ih.t())
     pi_all = torch.matmul(xi, w_ih.t())
-    inside = _input_share(xr, xi)
+    inside = share if share is not None else _input_share(xr, xi)
     bi, bf, bg, bo = b.split(H)
     (h_r, h_i), (c_r, c_i) = states
     out_r, out_i = [], []
@@ -103,14 +106,14 @@ def _lstm_direction(xr, xi, p, states):
     return (torch.stack(out_r), torch.stack(out_i)), [(h_r, h_i), (c_r, c_i)]
 
 
-def _gru_direction(xr, xi, p, states):
+def _gru_direction(xr, xi, p, states, share=None):
     w_ih, w_hh = p[0], p[1]
     H = w_hh.shape[1]
     zero = torch.zeros(3 * H, dtype=xr.dtype, device=xr.device)
     b_ih, b_hh = (p[2], p[3]) if len(p) == 4 else (zero, zero)
     pr_all = torch.matmul(xr, w_ih.t())
     pi_all = torch.matmul(xi, w_ih.t())
-    inside = _input_share(xr, xi)
+    inside = share if share is not None else _input_share(xr, xi)
     bir, biz, bin_ = b_ih.split(H)
     bhr, bhz, bhn = b_hh.split(H)
     (h_r, h_i), = states
@@ -159,6 +162,14 @@ def _recurrent(op, direction, n_states, args, kwargs, where):
     if len(params) != L * nd * stride:
         raise UnsupportedOperationError("CD: `%s` with proj_size > 0 in %s is not supported" % (op, where))
     xr, xi = _parts(x, None)
+    # token shares of the first layer's input: the mask when it comes straight from an
+    # embedding (exact also for all-zero embedding rows), else derived from the parts
+    share = getattr(x, "_pos", None) if isinstance(x, CDTensor) else None
+    if share is not None and tuple(share.shape) == tuple(x.shape[:-1]) and x.dim() == 3:
+        share = share.to(xr.dtype)
+        share = (share.transpose(0, 1) if bf else share).unsqueeze(-1)
+    else:
+        share = None
     if bf:
         xr, xi = xr.transpose(0, 1), xi.transpose(0, 1)
     zeros = torch.zeros(L * nd, xr.shape[1], params[1].shape[1], dtype=xr.dtype, device=xr.device)
@@ -171,10 +182,12 @@ def _recurrent(op, direction, n_states, args, kwargs, where):
         for d in range(nd):
             k = layer * nd + d
             sr, si = layer_in
+            sh = share if layer == 0 else None
             if d == 1:
                 sr, si = sr.flip(0), si.flip(0)
+                sh = None if sh is None else sh.flip(0)
             (o_r, o_i), fin = direction(sr, si, params[k * stride:(k + 1) * stride],
-                                        [(r[k], i[k]) for r, i in init])
+                                        [(r[k], i[k]) for r, i in init], sh)
             if d == 1:
                 o_r, o_i = o_r.flip(0), o_i.flip(0)
             outs_r.append(o_r)

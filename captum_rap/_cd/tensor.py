@@ -158,6 +158,12 @@ class CDTensor(torch.Tensor):
     _is_tot: bool
     _partial_view: bool
     _loc: Optional[LocalRel]  # boxes of the relevant part (see ``captum_rap._cd.local``)
+    # token models: relevant share of each token position (the mask, shape of the ids) on
+    # the embedding's output and on views of it; the recurrent layers read it
+    _pos: Optional[torch.Tensor]
+    # reference-compatible text mode: (W rel, W irr) of a ``linear`` output without its bias
+    # (the reference's output layer puts its bias in neither part)
+    _nobias: Optional[Tuple[torch.Tensor, torch.Tensor]]
 
     @staticmethod
     def __new__(cls, rel: torch.Tensor, irr: Optional[torch.Tensor] = None, partial_view: bool = False,
@@ -173,6 +179,8 @@ class CDTensor(torch.Tensor):
         t._sec = sec
         t._is_tot = tot is not None
         t._partial_view = partial_view
+        t._pos = None
+        t._nobias = None
         return t
 
     @classmethod
@@ -186,6 +194,8 @@ class CDTensor(torch.Tensor):
         t._sec = tot
         t._is_tot = True
         t._partial_view = False
+        t._pos = None
+        t._nobias = None
         return t
 
     @property
@@ -332,7 +342,78 @@ def _dispatch(func, args, kwargs):
             "(identity), embedding, lstm, gru, sums of decomposed tensors and linear shape "
             "operations." % (name, _qualname(func), _where())
         )
-    return handler(func, name, args, kwargs)
+    src = args[0] if args else None
+    other = args[1] if len(args) > 1 else None
+    pos = src._pos if _is_cd(src) else None
+    nobias = src._nobias if _is_cd(src) else None
+    if pos is None and nobias is None and not (_is_cd(other) and other._nobias is not None):
+        return handler(func, name, args, kwargs)
+    summed = None  # operands of a sum (before an in-place sum overwrites the first one)
+    if (name in _ADD_NAMES or name in _SUB_NAMES or name in _RSUB_NAMES) and len(args) == 2 \
+            and set(kwargs) <= {"alpha"} and any(_is_cd(a) and a._nobias is not None for a in args):
+        summed = [_nobias_parts(a) for a in args]
+    res = handler(func, name, args, kwargs)
+    if _is_cd(res):
+        if pos is not None and res._pos is None:
+            res._pos = _carry_pos(func, name, pos, res, args, kwargs)
+        res._nobias = _carry_nobias(func, name, args, kwargs, nobias, summed)
+    return res
+
+
+def _nobias_parts(v):
+    if _is_cd(v):
+        return v._nobias if v._nobias is not None else (v.rel, v.irr)
+    return 0, v
+
+
+def _carry_nobias(func, name, args, kwargs, nobias, summed):
+    """Bias-free parts of the result (reference text mode), or None: shape functions of a
+    bias-free output, and sums / differences with it (the other operand with its parts;
+    a constant in the irrelevant part)."""
+    with torch._C.DisableTorchFunctionSubclass():
+        if nobias is not None and name in _NOBIAS_CARRY:
+            return tuple(func(part, *args[1:], **kwargs) for part in nobias)
+        if summed is not None:
+            (ar, ai), (br, bi) = summed
+            alpha = kwargs.get("alpha", 1)
+            if name in _RSUB_NAMES:  # other - alpha * self
+                return br - alpha * ar, bi - alpha * ai
+            sign = -1 if name in _SUB_NAMES else 1
+            return ar + sign * alpha * br, ai + sign * alpha * bi
+    return None
+
+
+# shape-preserving functions after which a token position keeps its relevant share
+_POS_SAME = {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
+             "clone", "contiguous", "detach", "to", "float", "double", "half", "bfloat16", "type_as",
+             "cpu", "cuda"}
+_POS_SCALE = {"mul", "__mul__", "__rmul__", "mul_", "__imul__", "multiply", "div", "__truediv__", "div_",
+              "__itruediv__", "true_divide", "divide"}
+# functions that rearrange the token axes (the last, feature, axis staying last)
+_POS_MOVE = {"transpose", "transpose_", "swapaxes", "swapdims", "permute", "movedim", "moveaxis",
+             "unsqueeze", "unsqueeze_"}
+# shape functions applied to the bias-free output parts of the reference text mode
+_NOBIAS_CARRY = {"view", "reshape", "squeeze", "unsqueeze", "flatten", "__getitem__", "select", "narrow",
+                 "contiguous", "clone", "transpose", "permute", "t", "to", "float", "double", "detach"}
+
+
+def _carry_pos(func, name, pos, res, args, kwargs) -> Optional[torch.Tensor]:
+    """The token shares ``pos`` (shape of the token ids) for the result ``res`` of
+    ``func`` on a decomposed tensor that carried them, or None when ``func`` mixes
+    positions or changes the shares (the recurrent layers then derive the share from the
+    magnitudes of the parts)."""
+    if name in _POS_SAME or (name in _POS_SCALE and len(args) == 2 and not kwargs and (
+            isinstance(args[1], (int, float)) or (isinstance(args[1], torch.Tensor) and args[1].dim() == 0))):
+        return pos if res.shape[:-1] == pos.shape else None
+    if name in _POS_MOVE and not kwargs:
+        with torch._C.DisableTorchFunctionSubclass():
+            try:
+                p = _oop_func(func, name)[0](pos.unsqueeze(-1), *args[1:])
+            except Exception:  # pragma: no cover - e.g. an axis that only the features have
+                return None
+        if p.dim() == res.dim() and p.shape[-1] == 1 and p.shape[:-1] == res.shape[:-1]:
+            return p.squeeze(-1)
+    return None
 
 
 def _qualname(func) -> str:
@@ -380,6 +461,8 @@ def _set_inplace(target: CDTensor, result: CDTensor) -> CDTensor:
     target._loc = result._loc
     target._sec = result._sec
     target._is_tot = result._is_tot
+    target._pos = None
+    target._nobias = None
     return target
 
 
@@ -785,8 +868,6 @@ def _affine(func, name, args, kwargs):
         rest = []
     kwargs.pop("bias", None)
     if not x._is_tot:  # the reference's arithmetic, rel and irr carried separately
-        if name == "linear" and _STATE.linear_bias_to_neither:
-            return _new(func(x._rel, weight, None, *rest, **kwargs), func(x._sec, weight, None, *rest, **kwargs))
         r = func(x._rel, weight, bias, *rest, **kwargs)
         i = func(x._sec, weight, bias, *rest, **kwargs)
         if bias is None:  # M(0) = 0
@@ -799,7 +880,12 @@ def _affine(func, name, args, kwargs):
         r = r - zero
         i = i - zero
         rel, irr = _split_bias(r, i, zero)
-        return _new(rel, irr)
+        out = _new(rel, irr)
+        if name == "linear" and _STATE.linear_bias_to_neither:
+            # if this is the model's output layer, its bias goes to neither part (the
+            # reference's text head); ``split_output`` uses these parts then
+            out._nobias = (r, i)
+        return out
     if x._loc is not None and name == "conv2d" and x._sec.dim() == 4:
         out = _local_conv2d(func, x, weight, bias, rest, kwargs)
         if out is not None:
@@ -1080,10 +1166,11 @@ def _embedding(func, name, args, kwargs):
     a["input"] = ids._ids
     with torch._C.DisableTorchFunctionSubclass():
         e = F.embedding(**a)
-        m = ids._mask.to(e.dtype).unsqueeze(-1)
-        if _STATE.reference:
-            return _new(m * e, (1 - m) * e)
-        return _new(m * e, e, False, True)
+        mask = ids._mask.to(e.dtype)
+        m = mask.unsqueeze(-1)
+        out = _new(m * e, (1 - m) * e) if _STATE.reference else _new(m * e, e, False, True)
+    out._pos = mask  # the share of each position, also where E[x_t] = 0 (padding_idx)
+    return out
 
 
 def _lstm(func, name, args, kwargs):
@@ -1138,7 +1225,7 @@ for _n in [
     "mean", "sum", "nansum", "cumsum", "avg_pool1d", "avg_pool2d", "avg_pool3d",
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "interpolate",
     "upsample", "upsample_nearest", "upsample_bilinear", "pixel_shuffle", "pixel_unshuffle",
-    "channel_shuffle", "native_channel_shuffle", "trace",
+    "channel_shuffle", "native_channel_shuffle", "trace", "index_select", "gather", "take_along_dim",
 ]:
     _HANDLERS[_n] = _unary_linear
 for _n in ["div", "__truediv__", "div_", "__itruediv__", "true_divide", "divide", "__rtruediv__", "__rdiv__"]:
@@ -1161,6 +1248,17 @@ for _n in _MAXPOOL:
 _HANDLERS["pad"] = _pad
 _HANDLERS["embedding"] = _embedding
 _HANDLERS["lstm"] = _lstm
+
+
+def _packed(func, name, args, kwargs):
+    raise UnsupportedOperationError(
+        "CD: packed sequences (`nn.utils.rnn.pack_padded_sequence`) in %s are not supported; "
+        "CD decomposes one input at a time, so run the recurrent layer on the unpacked "
+        "sequence (e.g. the input trimmed to its length)." % _where())
+
+
+_HANDLERS["_pack_padded_sequence"] = _packed
+_HANDLERS["pack_padded_sequence"] = _packed
 _HANDLERS["gru"] = _gru
 
 
@@ -1172,6 +1270,8 @@ def split_output(out) -> Tuple[torch.Tensor, torch.Tensor]:
     if isinstance(out, dict):
         out = next(iter(out.values()))
     if _is_cd(out):
+        if out._nobias is not None:
+            return out._nobias
         return out.rel, out.irr
     if isinstance(out, torch.Tensor):
         return torch.zeros_like(out), out

@@ -147,7 +147,8 @@ class CD(Attribution):
         reference_compatible (bool, optional): reproduce the arithmetic of the reference
             ``acd`` package exactly: affine layers as ``M(x) - M(0)``, batch norm's
             irrelevant part as a residual, one mask per forward, float32 masks and (for
-            token inputs, as ``cd_text``) the output layer's bias in neither part.  Only
+            token inputs, as ``cd_text``) the bias of the output layer (a ``linear`` whose
+            result, reshaped or plus other terms, is the output) in neither part.  Only
             useful to compare with the reference; the default mode computes ``W x``
             directly, which is better conditioned for localized masks.
             Default: False
@@ -159,7 +160,9 @@ class CD(Attribution):
             they save), and 1 (one mask per forward, as the reference) in
             ``reference_compatible`` mode
         batch_dim (int, optional): batch axis of the model input (1 for sequence-first
-            text models). Default: 0
+            text models; negative values count from the end). Tensor
+            ``additional_forward_args`` with size 1 on this axis are repeated along it
+            for the masks of one forward. Default: 0
         local (bool, optional): for image inputs ``(1, C, H, W)`` (default mode), compute
             each mask's relevant part only inside the box it can influence (the mask's
             bounding box grown by the receptive field of every layer; outside it the
@@ -262,12 +265,17 @@ class CD(Attribution):
             >>> rel, irr = CD(model).decompose(x, masks)
             >>> rel[:, target]          # CD score of every group
         """
-        bd = self.batch_dim
+        if not isinstance(inputs, Tensor):
+            raise TypeError("decompose expects a tensor input, got %r" % type(inputs).__name__)
+        bd = self._batch_axis(inputs)
         if inputs.shape[bd] != 1:
             raise ValueError("decompose expects one input (size 1 along batch_dim=%d), got %s"
                              % (bd, tuple(inputs.shape)))
         feat_shape = tuple(s for d, s in enumerate(inputs.shape) if d != bd)
         is_tokens = not (inputs.is_floating_point() or inputs.is_complex())
+        if not is_tokens and not bool(torch.isfinite(inputs).all()):
+            raise ValueError("CD: the input contains NaN or infinite values (%d of %d)"
+                             % (int((~torch.isfinite(inputs)).sum()), inputs.numel()))
         if spans is not None:
             if masks is not None:
                 raise ValueError("give masks or spans, not both")
@@ -285,8 +293,17 @@ class CD(Attribution):
         except RuntimeError:
             raise ValueError("masks of shape %s do not broadcast to (K, %s)"
                              % (tuple(masks.shape), ", ".join(map(str, feat_shape))))
-        bs = int(batch_size or self.batch_size or _auto_batch_size(feat_shape))
+        if masks.is_floating_point() and not bool(torch.isfinite(masks).all()):
+            raise ValueError("CD: the masks contain NaN or infinite values")
         afa = _format_additional_forward_args(additional_forward_args)
+        if K == 0:  # no groups: empty scores with the output's width
+            with _ModelGuard(self.model, "CD"), torch.no_grad():
+                out = self.model(*((inputs,) + (tuple(afa) if afa else ())))
+            r, _ = split_output(out)
+            r = r.reshape(1, -1) if r.dim() != 2 else r
+            empty = r.new_zeros((0, r.shape[1]))
+            return empty, empty.clone()
+        bs = int(batch_size or self.batch_size or _auto_batch_size(feat_shape))
         dtype = self.dtype if self.dtype is not None else self._auto_dtype
         if self.check_precision and K and not self._precise_enough(inputs, masks, afa, is_tokens, dtype):
             if self.dtype is None and not self.reference_compatible:  # automatic: float64 from now on
@@ -305,9 +322,17 @@ class CD(Attribution):
         automatic precision check failed, else None (the input's dtype)."""
         return self.dtype if self.dtype is not None else self._auto_dtype
 
+    def _batch_axis(self, inputs: Tensor) -> int:
+        """``batch_dim`` as a non-negative axis of ``inputs``."""
+        bd = self.batch_dim + inputs.dim() if self.batch_dim < 0 else self.batch_dim
+        if not 0 <= bd < inputs.dim():
+            raise ValueError("batch_dim=%d is not an axis of an input of shape %s"
+                             % (self.batch_dim, tuple(inputs.shape)))
+        return bd
+
     def _run(self, inputs, masks, bs, afa, is_tokens, dtype, warn=True):
         """The decomposition of ``masks`` (``(K, *S)``, broadcast) in batched forwards."""
-        bd = self.batch_dim
+        bd = self._batch_axis(inputs)
         K = masks.shape[0]
         face = _model_dtype(self.model, inputs)
         if dtype is not None and inputs.is_floating_point():
@@ -340,7 +365,19 @@ class CD(Attribution):
                         loc = local_input(m * x, m) if use_local else None
                         cd_in = CDTensor.local(loc, inputs) if loc is not None else CDTensor(m * x, tot=x)
                 args = (cd_in,) + (tuple(_repeat_args(afa, k, bd)) if afa else ())
-                out = self.model(*args)
+                try:
+                    out = self.model(*args)
+                except UnsupportedOperationError:
+                    raise
+                except RuntimeError as e:
+                    if k > 1 and afa and any(isinstance(a, Tensor) for a in afa):
+                        raise RuntimeError(
+                            "%s\nCD: the model failed on a batch of %d masks. Tensor "
+                            "additional_forward_args of size 1 along batch_dim=%d are repeated "
+                            "along that axis; one whose batch axis is elsewhere (e.g. the initial "
+                            "state h0 of a batch_first LSTM) breaks. Use batch_size=1, or "
+                            "create it inside forward." % (e, k, bd)) from e
+                    raise
                 r, i = split_output(out)
                 rels.append(r.reshape(k, -1) if r.dim() != 2 else r)
                 irrs.append(i.reshape(k, -1) if i.dim() != 2 else i)
@@ -430,7 +467,7 @@ class CD(Attribution):
         fm = None
         if feature_mask is not None:
             fm = _format_tensor_into_tuples(feature_mask)[0]
-        bd = self.batch_dim
+        bd = self._batch_axis(x)
         N = x.shape[bd]
         afa = _format_additional_forward_args(additional_forward_args)
         out_dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
