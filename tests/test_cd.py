@@ -325,7 +325,7 @@ def test_total_is_computed_once_for_all_masks(arch):
         m(x)
     one = fc.get_total_flops()
     with FlopCounterMode(display=False) as fc:
-        CD(m, check_precision=False).decompose(x, masks)  # (the check adds a float64 mask)
+        CD(m, check_precision=False, check_batching=False).decompose(x, masks)  # no float64 checks
     assert one > 0
     assert fc.get_total_flops() <= (K + 1) * one * 1.001, (arch, fc.get_total_flops() / one)
 
@@ -878,3 +878,74 @@ def test_dtype_mode_raising_midway_leaves_model_and_state_clean():
     rel, irr = CD(m).decompose(x, masks)  # a later plain call runs in float32
     assert rel.dtype == torch.float32
     assert torch.allclose(rel + irr, m(x).expand_as(rel), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------
+# models written for a batch of one: the batching check
+# ------------------------------------------------------------------------------------
+class _BatchOfOne(nn.Module):
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.c(x))
+        if self.kind == "centre":  # global mean: over the whole (batch of one) activation
+            h = h - h.mean()
+        elif self.kind == "roll":  # roll without dims: over the flattened tensor
+            h = torch.roll(h, 5)
+        elif self.kind == "flatten":
+            return self.fc(torch.flatten(h).view(4, -1).mean(1))
+        return self.fc(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("kind", ["centre", "roll", "flatten"])
+def test_models_mixing_the_batch_fall_back_to_one_mask_per_forward(kind):
+    torch.manual_seed(0)
+    m = _BatchOfOne(kind).double().eval()
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    masks = torch.zeros(4, 1, 16, 16, dtype=torch.float64)
+    masks[0, ..., :8, :] = 1
+    masks[1] = 1
+    masks[2, ..., 4:12, 4:12] = 1
+    masks[3, ..., :, 9:] = 1
+    cd = CD(m)
+    with pytest.warns(RuntimeWarning, match="one mask per forward"):
+        rel, irr = cd.decompose(x, masks)
+    assert cd.batching_error > 1e-6 and cd.num_forwards == 4
+    for k in range(4):  # each mask alone: the model's own batch of one
+        r, _ = CD(m, batch_size=1).decompose(x, masks[k:k + 1])
+        assert torch.allclose(rel[k], r[0], atol=1e-12)
+    assert torch.allclose(rel + irr, m(x).detach().expand_as(rel), atol=1e-10)
+
+
+def test_batching_check_passes_on_per_example_models():
+    torch.manual_seed(0)
+    m = _BatchOfOne("none").double().eval()
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    cd = CD(m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cd.decompose(x, torch.rand(6, 1, 16, 16, dtype=torch.float64) > 0.5)
+        cd.decompose(x, torch.rand(6, 1, 16, 16, dtype=torch.float64) > 0.5)
+    assert cd.batching_error < 1e-12 and not cd._unbatched
+    assert cd.num_check_forwards == 2 and cd.num_forwards == 2  # once per instance
+
+
+def test_precision_check_looks_at_the_largest_mask():
+    """The middle mask can be benign (here: empty) while the full one is ill-conditioned
+    (random AlexNet, float32): the check includes the largest mask."""
+    torch.manual_seed(0)
+    import torchvision
+
+    m = torchvision.models.alexnet(weights=None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        y = m(x)
+    full, empty = torch.ones(1, 1, 64, 64), torch.zeros(1, 1, 64, 64)
+    cd = CD(m)
+    rel, _ = cd.decompose(x, torch.cat([full, empty, full]))
+    assert cd.computation_dtype == torch.float64
+    assert float((rel[0] - y[0]).abs().max()) <= 1e-5 * float(y.abs().max())

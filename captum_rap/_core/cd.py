@@ -184,14 +184,23 @@ class CD(Attribution):
             (the results are returned in the input's dtype); an explicit dtype is used as
             given (a failed check then warns), and so is the input's dtype in
             ``reference_compatible`` mode, which keeps the reference's arithmetic.
-        check_precision (bool, optional): for float32 / half computations, compute one
-            mask per new input (the middle one) in that dtype and in float64 first, and
-            compare.  A difference of more than ``PRECISION_TOLERANCE`` (1e-3) of the
-            largest output switches the automatic dtype to float64 (before the masks are
-            computed) or, for an explicit dtype or in ``reference_compatible`` mode,
-            warns (``RuntimeWarning``, once).
-            ``precision_error`` keeps the last measured relative error.  Costs one mask in
-            each dtype per new input.  Default: True
+        check_precision (bool, optional): for float32 / half computations, compute up
+            to three of the masks per new input (the largest, the smallest and the middle
+            one) in that dtype and in float64 first, and compare.  A difference of more
+            than ``PRECISION_TOLERANCE`` (1e-3) of the largest output switches the
+            automatic dtype to float64 (before the masks are computed) or, for an
+            explicit dtype or in ``reference_compatible`` mode, warns
+            (``RuntimeWarning``, once).  ``precision_error`` keeps the last measured
+            relative error.  Costs those masks in each dtype per new input.  Default: True
+        check_batching (bool, optional): before the first forward with several masks,
+            compute up to three distinct masks in one float64 forward and the first of
+            them alone, and compare.  The masks share the batch axis of one forward, so a
+            model that mixes its batch (``x - x.mean()``, ``torch.flatten(x)``,
+            ``x.view(-1)``, ``roll`` without dims: code written for a batch of one) would
+            give each mask the others' contributions; if they differ (more than 1e-6 of
+            the output) or the batched forward fails, this instance computes one mask per
+            forward from then on and warns.  ``batching_error`` keeps the measured
+            difference.  Once per instance.  Default: True
 
     Examples::
 
@@ -211,7 +220,7 @@ class CD(Attribution):
     def __init__(self, model: Callable, reference_compatible: bool = False,
                  batch_size: Optional[int] = None, batch_dim: int = 0,
                  local: Optional[bool] = None, dtype: Optional[torch.dtype] = None,
-                 check_precision: bool = True) -> None:
+                 check_precision: bool = True, check_batching: bool = True) -> None:
         super().__init__(model)
         self.model = model
         self.reference_compatible = bool(reference_compatible)
@@ -225,10 +234,15 @@ class CD(Attribution):
         self._precision_checked: set = set()
         self._precision_warned = False
         self._auto_dtype: Optional[torch.dtype] = None  # float64 once a check failed
+        self.check_batching = bool(check_batching)
+        #: relative difference between batched and one-mask forwards (None: not checked)
+        self.batching_error: Optional[float] = None
+        self._unbatched = False  # True once the batching check failed: one mask per forward
         #: None = automatic (see ``batch_size`` above)
         self.batch_size: Optional[int] = int(batch_size) if batch_size else (1 if reference_compatible else None)
         self.batch_dim = int(batch_dim)
-        self.num_forwards = 0  #: number of decomposed forwards run so far
+        self.num_forwards = 0  #: number of decomposed forwards of the requested masks so far
+        self.num_check_forwards = 0  #: decomposed forwards of the precision / batching checks
         self.num_masks = 0  #: number of masks evaluated so far
 
     # ------------------------------------------------------------------------------
@@ -305,11 +319,13 @@ class CD(Attribution):
             return empty, empty.clone()
         bs = int(batch_size or self.batch_size or _auto_batch_size(feat_shape))
         dtype = self.dtype if self.dtype is not None else self._auto_dtype
-        if self.check_precision and K and not self._precise_enough(inputs, masks, afa, is_tokens, dtype):
+        if not self._checks(inputs, masks, afa, is_tokens, dtype, bs):
             if self.dtype is None and not self.reference_compatible:  # automatic: float64 from now on
                 self._auto_dtype = dtype = torch.float64
                 _LOG.info("CD: switching to float64 computation (float32 off by %.2g of the output)",
                           self.precision_error)
+        if self._unbatched:
+            bs = 1
         rel, irr = self._run(inputs, masks, bs, afa, is_tokens, dtype)
         self.num_masks += K
         if self.dtype is None and inputs.is_floating_point() and rel.dtype != inputs.dtype:
@@ -330,7 +346,7 @@ class CD(Attribution):
                              % (self.batch_dim, tuple(inputs.shape)))
         return bd
 
-    def _run(self, inputs, masks, bs, afa, is_tokens, dtype, warn=True):
+    def _run(self, inputs, masks, bs, afa, is_tokens, dtype, warn=True, check=False):
         """The decomposition of ``masks`` (``(K, *S)``, broadcast) in batched forwards."""
         bd = self._batch_axis(inputs)
         K = masks.shape[0]
@@ -381,7 +397,10 @@ class CD(Attribution):
                 r, i = split_output(out)
                 rels.append(r.reshape(k, -1) if r.dim() != 2 else r)
                 irrs.append(i.reshape(k, -1) if i.dim() != 2 else i)
-                self.num_forwards += 1
+                if check:
+                    self.num_check_forwards += 1
+                else:
+                    self.num_forwards += 1
         rel, irr = torch.cat(rels, 0), torch.cat(irrs, 0)
         if order is not None:
             back = torch.empty_like(order)
@@ -389,20 +408,70 @@ class CD(Attribution):
             rel, irr = rel[back], irr[back]
         return rel, irr
 
-    def _precise_enough(self, inputs, masks, afa, is_tokens, dtype) -> bool:
-        """Once per input of a low-precision computation: one mask computed in ``dtype``
-        and in float64; False when they differ by more than ``PRECISION_TOLERANCE`` of the
-        output scale (warns when the dtype was given explicitly)."""
+    def _check_indices(self, masks: Tensor) -> list:
+        """Up to three distinct masks: the largest, the smallest and the middle one."""
+        K = masks.shape[0]
+        flat = masks.reshape(K, -1)
+        cover = flat.float().sum(1) if flat.shape[1] else torch.zeros(K)
+        picked: list = []
+        for j in (int(cover.argmax()), int(cover.argmin()), K // 2):
+            if all(not torch.equal(flat[j], flat[q]) for q in picked):
+                picked.append(j)
+        return picked
+
+    def _checks(self, inputs, masks, afa, is_tokens, dtype, bs) -> bool:
+        """The precision check (once per input) and the batching check (once per
+        instance), sharing their float64 forwards.  Returns False when the precision
+        check failed (warns when the dtype was given explicitly); sets ``_unbatched``
+        (and warns) when the batching check failed."""
+        K = masks.shape[0]
         low = dtype if dtype is not None else _model_dtype(self.model, inputs)
-        if low not in (torch.float32, torch.float16, torch.bfloat16):
-            return True
         key = (inputs.data_ptr(), inputs._version, tuple(inputs.shape), str(inputs.device))
-        if key in self._precision_checked:
+        need_prec = (self.check_precision and K > 0 and key not in self._precision_checked
+                     and low in (torch.float32, torch.float16, torch.bfloat16))
+        need_batch = self.check_batching and not self._unbatched and self.batching_error is None and bs > 1 and K > 1
+        if not (need_prec or need_batch):
+            return True
+        idx = self._check_indices(masks)
+        sub = masks[idx]
+        run64 = None
+        if need_batch and len(idx) > 1:
+            fail = None
+            try:
+                run64 = self._run(inputs, sub, len(idx), afa, is_tokens, torch.float64, warn=False, check=True)
+            except UnsupportedOperationError:
+                raise
+            except RuntimeError as e:  # e.g. a model that only runs on a batch of one
+                fail = e
+            one = self._run(inputs, sub[:1], 1, afa, is_tokens, torch.float64, warn=False, check=True)
+            if fail is None:
+                scale = float((one[0] + one[1]).abs().max())
+                self.batching_error = float((run64[0][:1] - one[0]).abs().max()) / max(scale, 1e-30)
+            else:
+                self.batching_error = float("inf")
+            if self.batching_error > 1e-6:
+                self._unbatched = True
+                run64 = one
+                idx, sub = idx[:1], sub[:1]
+                warnings.warn(
+                    "CD: the model %s when several masks share a forward (difference %.3g of the "
+                    "output): it mixes or reshapes the batch axis (e.g. x - x.mean(), "
+                    "torch.flatten(x), x.view(-1)), or a tensor in additional_forward_args has "
+                    "its batch axis elsewhere than batch_dim (e.g. h0 of a batch_first LSTM). "
+                    "Computing one mask per forward from now on (slower, correct)."
+                    % ("fails (%s: %s)" % (type(fail).__name__, str(fail).splitlines()[0])
+                       if fail is not None else "gives different results", self.batching_error),
+                    RuntimeWarning, stacklevel=4)
+        elif need_batch:
+            self.batching_error = 0.0  # one distinct mask: nothing to mix
+        if not need_prec:
             return True
         self._precision_checked.add(key)
-        j = masks.shape[0] // 2
-        rel, _ = self._run(inputs, masks[j:j + 1], 1, afa, is_tokens, dtype, warn=False)
-        r64, i64 = self._run(inputs, masks[j:j + 1], 1, afa, is_tokens, torch.float64, warn=False)
+        n = 1 if self._unbatched else len(idx)
+        rel, _ = self._run(inputs, sub, n, afa, is_tokens, dtype, warn=False, check=True)
+        if run64 is None:
+            run64 = self._run(inputs, sub, n, afa, is_tokens, torch.float64, warn=False, check=True)
+        r64, i64 = run64
         scale = float((r64 + i64).abs().max())
         err = float((rel.double() - r64).abs().max())
         self.precision_error = err / max(scale, 1e-30)
@@ -412,8 +481,8 @@ class CD(Attribution):
             self._precision_warned = True
             name = str(rel.dtype).replace("torch.", "")
             warnings.warn(
-                "CD: the decomposition is ill-conditioned for this model and input in %s: one "
-                "mask computed in float64 differs by %.3g (%.2g of the largest output, %.3g). "
+                "CD: the decomposition is ill-conditioned for this model and input in %s: "
+                "computed in float64, the scores differ by %.3g (%.2g of the largest output, %.3g). "
                 "CD's bias split |r| / (|r| + |i|) amplifies rounding through deep networks with "
                 "large biases / batch-norm shifts; the %s scores are not reliable. Use "
                 "dtype=torch.float64 (the model is not changed), or the default mode with "
