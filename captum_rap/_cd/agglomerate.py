@@ -13,7 +13,8 @@ and right neighbours, then re-levelling of the runs for display.
 Differences from the reference, none of which changes a hierarchy it produces:
 scores come from a caching scorer (a mask scored once is never re-scored) that evaluates
 all new masks of one step in batched CD calls; the loops stop instead of raising when
-everything is selected; non-square images work.
+everything is selected; non-square images work; a one-word text keeps its level 0 in
+:func:`collapse_tree` (the reference's has no level then).
 """
 
 from __future__ import annotations
@@ -388,50 +389,70 @@ def agglomerate_1d(score_fn: Callable[[np.ndarray], float], prefetch: Callable[[
 
 
 def collapse_tree(lists: dict) -> dict:
-    """Re-level the runs of :func:`agglomerate_1d` for display (reference ``collapse_tree``).
+    """Re-level the runs of :func:`agglomerate_1d` for display: the reference
+    ``agg_1d.collapse_tree`` (applied to the reference lists, whose ``comps_list`` starts
+    with an all-zero array, which ``lists["comps_list"]`` lacks).
 
-    Size-1 runs are level 0.  A longer run keeps the level of its unique predecessor in the
-    previous step (an unselected word counts as a level-0 predecessor) and goes one level
-    above the highest of its predecessors when it joins several.  Each level gets its own id
-    counter; ``comp_scores_list[level]`` maps ids to run scores (ids overwritten later may
-    stay in the dictionaries, as in the reference).
+    Runs are processed step by step.  A size-1 run has level 0 and is not written.  A
+    longer run takes the level of its unique predecessor label in the previous step (label
+    0, the not yet selected words, is a predecessor of level 0; at the first step every
+    word is label 0), or one more than the highest level of its predecessors when it has
+    several.  It is written into ``comps_list[level]`` with the next id of that level
+    (``max(comps_list[level]) + 1``), over whatever was there, and its score goes to
+    ``comp_scores_list[level]``.  Level 0 starts as ``arange(T)`` (word ``j`` has id
+    ``j``), so a phrase put at level 0 (a run made only of newly selected words, e.g. two
+    adjacent words selected at the first step) gets an id ``>= T`` and replaces its words
+    there.  Trailing levels without a non-zero id are dropped; ids overwritten later may
+    stay in the dictionaries (as in the reference).
+
+    The one difference: a one-word input keeps its level 0 (the reference returns no
+    level at all, since ``arange(1)`` has no non-zero id).
+
+    Args:
+        lists (dict): output of :func:`agglomerate_1d`.
+
+    Returns:
+        dict: ``comps_list`` (int arrays over the words, one per level),
+        ``comp_scores_list`` (dicts id -> score per level; level 0 holds the level-0
+        phrases only, the words' scores are ``scores_list[0]``), and ``scores_list``,
+        ``mask_list``, ``score_orig`` unchanged.
     """
-    comps_in = lists["comps_list"]
-    scores_in = lists["comp_scores_list"]
     T = len(lists["scores_list"][0])
-    n = len(comps_in) + 2
+    steps = [np.zeros(T, dtype=np.int64)] + [np.asarray(c) for c in lists["comps_list"]]
+    scores_in = lists["comp_scores_list"]
+    n = len(steps)
     out_comps = [np.zeros(T, dtype=np.int64) for _ in range(n)]
-    out_comps[0] = np.arange(T)
+    out_comps[0] = np.arange(T, dtype=np.int64)
     out_scores: List[dict] = [{0: 0} for _ in range(n)]
-    counters = [0] * n
-    prev = np.arange(1, T + 1)
-    prev_level = {int(c): 0 for c in prev}
+    prev_level: Dict[int, int] = {j: 0 for j in range(T)}
     prev_level[0] = 0
-    for it, comps in enumerate(comps_in):
-        levels = {0: 0}
-        for r in [int(c) for c in np.unique(comps) if c != 0]:
+    for i in range(1, n):
+        comps, old = steps[i], steps[i - 1]
+        level_of: Dict[int, int] = {0: 0}
+        for r in range(1, int(comps.max(initial=0)) + 1):
             run = comps == r
-            if run.sum() == 1:
-                levels[r] = 0
+            size = int(run.sum())
+            if size == 0:  # not produced by the run labelling
                 continue
-            preds = sorted(set(int(p) for p in prev[run]))
+            if size == 1:
+                level_of[r] = 0
+                continue
+            preds = [int(v) for v in np.unique(old[run])]
             if len(preds) == 1:
-                lev = prev_level.get(preds[0], 0)
+                lev = prev_level[preds[0]]
             else:
-                lev = max(prev_level.get(p, 0) for p in preds) + 1
-            levels[r] = lev
-            counters[lev] += 1
-            out_comps[lev][run] = counters[lev]
-            out_scores[lev][counters[lev]] = scores_in[it + 1][r]
-        prev = comps
-        prev_level = levels
-    last = 0
-    for lev in range(n):
-        if lev == 0 or out_comps[lev].any():
-            last = lev
+                lev = max(prev_level[v] for v in preds) + 1
+            level_of[r] = lev
+            new_id = int(out_comps[lev].max()) + 1
+            out_comps[lev][run] = new_id
+            out_scores[lev][new_id] = scores_in[i][r]
+        prev_level = level_of
+    keep = 1  # level 0 always (see above)
+    while keep < n and (out_comps[keep] > 0).any():
+        keep += 1
     return {
-        "comps_list": out_comps[: last + 1],
-        "comp_scores_list": out_scores[: last + 1],
+        "comps_list": out_comps[:keep],
+        "comp_scores_list": out_scores[:keep],
         "scores_list": lists["scores_list"],
         "mask_list": lists["mask_list"],
         "score_orig": lists["score_orig"],

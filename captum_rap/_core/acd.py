@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -31,19 +33,80 @@ def _progress_bar(enabled: bool, desc: str):
     return tqdm(desc=desc, unit="mask")
 
 
+def _check_int(name: str, value: Any, minimum: int, maximum: Optional[int] = None) -> int:
+    """``value`` as an int in ``[minimum, maximum]``: integers (Python, numpy, one-element
+    integer tensors) and integral floats; TypeError for other types, ValueError outside
+    the range or for a fractional value."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point() \
+            and not value.is_complex() and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if not isinstance(value, numbers.Integral):
+        if not (math.isfinite(float(value)) and float(value).is_integer()):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    v = int(value)
+    if v < minimum or (maximum is not None and v > maximum):
+        rng = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be an integer {rng}, got {value!r}")
+    return v
+
+
+def _check_percentile(value: Any, low: float, why: str = "") -> float:
+    """``percentile_include`` as a float in ``[low, 100]`` (not NaN)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"percentile_include must be a number in [{low:g}, 100], got {value!r}")
+    v = float(value)
+    if not (low <= v <= 100):  # False for NaN
+        raise ValueError(f"percentile_include must be in [{low:g}, 100]{why}, got {value!r}")
+    return v
+
+
+def _check_target(target: Any, num_outputs: int) -> int:
+    return _check_int("target", target, 0, num_outputs - 1)
+
+
+def _json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, +-inf) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _float_or_nan(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _json_safe_nan(obj: Any) -> Any:
+    """Inverse of :func:`_json_safe` on nested lists of numbers: None -> NaN."""
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe_nan(v) for v in obj]
+    return _float_or_nan(obj)
+
+
+def _nested_floats(a: np.ndarray) -> Any:
+    return np.asarray(a, dtype=np.float64).tolist()
+
+
 @dataclass
 class ACDGroup:
     """One feature group of an ACD hierarchy.
 
     Attributes:
         level (int): level of the hierarchy (0 = finest).
-        id (int): label of the group at that level (as in the reference's ``comps_list``).
+        id (int): label of the group at that level (as in the reference's ``comps_list``;
+            for text, level-0 ids below ``T`` are single words, id ``j`` = word ``j``, and
+            ids ``>= T`` phrases the reference puts at level 0).
         mask (np.ndarray): boolean mask over the features: pixels ``(H, W)`` for images,
             token positions ``(T,)`` for text.
         score (float): CD score of the group (relevant logit of the target for images;
             ``rel[target] - rel[other]`` for text with ``subtract=True``).
         logits (np.ndarray or None): relevant part of all outputs (images).
-        parent (tuple or None): ``(level, id)`` of the smallest group of a higher level
+        parent (tuple or None): ``(level, id)`` of the group of the lowest higher level
             that contains this one.
         children (list): ``(level, id)`` of the groups whose parent this is.
     """
@@ -64,14 +127,27 @@ class ACDGroup:
 class ACDHierarchy:
     """Result of :meth:`ACD.hierarchy` / :meth:`ACD.hierarchy_text`.
 
-    ``levels[l]`` maps group ids to :class:`ACDGroup`; groups carry parent / child links,
-    so the tree can be walked from any level.  ``raw`` holds the lists in the reference
-    ``acd`` format (``comps_list``, ``comp_scores_raw_list``, ... for images; the
-    ``collapse_tree`` output for text).  For images, the entries of ``raw`` that play no
-    part in the hierarchy (the combined tile's scores of every step,
-    ``comp_scores_raw_combined_list``, and the border gains of the last growth step, the
-    last entries of ``scores_list`` / ``im_thresh_list``) are computed on the first access
-    of ``raw`` (``deferred_evaluations`` more CD evaluations, with the model as it is then).
+    ``levels[l]`` maps group ids to :class:`ACDGroup`; every group is in the level where
+    the reference ``acd`` code puts it, and groups carry parent / child links (the parent
+    of a group is the group of the lowest higher level that contains it), so the tree can
+    be walked from any level.
+
+    Images: level 0 is empty (the reference's all-zero ``comps_list[0]``), levels
+    ``1 .. num_before_final - 1`` are the blobs of the growth steps, then one level per
+    merge.  Text (the reference's ``collapse_tree``): level 0 holds the single words
+    (id ``j`` = word ``j``) and the phrases the reference puts at level 0, i.e. runs made
+    only of newly selected words, such as two adjacent words selected together (ids
+    ``>= T``, replacing their words at level 0); higher levels hold the longer phrases.
+    The unit score of every word (and block) is in ``unit_scores`` /
+    ``attribution_map()``.
+
+    ``raw`` holds the lists in the reference ``acd`` format (``comps_list``,
+    ``comp_scores_raw_list``, ... for images; the ``collapse_tree`` output for text).  For
+    images, the entries of ``raw`` that play no part in the hierarchy (the combined tile's
+    scores of every step, ``comp_scores_raw_combined_list``, and the border gains of the
+    last growth step, the last entries of ``scores_list`` / ``im_thresh_list``) are
+    computed on the first access of ``raw`` or when the hierarchy is pickled or copied
+    (``deferred_evaluations`` more CD evaluations, with the model as it is then).
 
     Attributes:
         kind (str): ``"image"`` or ``"text"``.
@@ -84,10 +160,13 @@ class ACDHierarchy:
             ``raw`` is first read).
         reference_cd_calls (int): CD calls the reference procedure makes for the same tree.
         input_shape (tuple): shape of the explained input.
+        unit_scores (np.ndarray): CD score of every unit alone (blocks, broadcast to the
+            ``(H, W)`` pixels; words ``(T,)``).
         words (list of str or None): (text) tokens, for plots.
+        sweep_dim (int): block size (images) / neighbour distance (text).
     """
 
-    def __init__(self, kind: str, target: int, levels: List[Dict[int, ACDGroup]], raw: dict,
+    def __init__(self, kind: str, target: int, levels: List[Dict[int, ACDGroup]], raw: Optional[dict],
                  input_shape: Tuple[int, ...], unit_scores: np.ndarray, cd_evaluations: int,
                  reference_cd_calls: int, num_before_final: Optional[int] = None,
                  words: Optional[Sequence[str]] = None, feature_axes: Tuple[int, ...] = (),
@@ -104,17 +183,35 @@ class ACDHierarchy:
         self.reference_cd_calls = int(reference_cd_calls)
         self.num_before_final = num_before_final
         self.words = list(words) if words is not None else None
-        self.feature_axes = feature_axes
+        self.feature_axes = tuple(feature_axes)
         self.sweep_dim = sweep_dim
         self._link()
 
     @property
-    def raw(self) -> dict:
-        """The lists in the reference ``acd`` format (completed on first access)."""
+    def raw(self) -> Optional[dict]:
+        """The lists in the reference ``acd`` format (completed on first access; None for
+        a hierarchy restored by :meth:`from_dict`)."""
         if self._finish is not None:
             finish, self._finish = self._finish, None
             self.deferred_evaluations = int(finish())
         return self._raw
+
+    def __getstate__(self) -> dict:
+        # the deferred evaluations need the model (held by a closure, not picklable):
+        # complete ``raw`` first, so that the pickled hierarchy is complete on its own
+        _ = self.raw
+        state = self.__dict__.copy()
+        state["_finish"] = None
+        return state
+
+    @property
+    def num_units(self) -> int:
+        """Number of unit features: blocks of the grid (images) or words (text)."""
+        if self.kind == "text":
+            return int(np.asarray(self.unit_scores).shape[-1])
+        H, W = np.asarray(self.unit_scores).shape[-2:]
+        s = max(1, int(self.sweep_dim))
+        return (-(-H // s)) * (-(-W // s))
 
     # ---- structure -----------------------------------------------------------------
     def _link(self) -> None:
@@ -145,7 +242,7 @@ class ACDHierarchy:
         top = self.groups(len(self.levels) - 1) if self.levels else []
         best = max(top, key=lambda g: g.score, default=None)
         head = (f"ACDHierarchy(kind={self.kind!r}, target={self.target}, levels={len(self.levels)}, "
-                f"units={len(self.levels[0]) if self.levels else 0}, top_groups={len(top)}")
+                f"units={self.num_units}, top_groups={len(top)}")
         if best is not None:
             head += f", best_top_group=(size={best.size}, score={best.score:+.4g})"
         return head + f", cd_evaluations={self.cd_evaluations})"
@@ -169,9 +266,28 @@ class ACDHierarchy:
         """Groups without a parent (the top of the tree)."""
         return [g for g in self.walk() if g.parent is None]
 
-    # ---- export --------------------------------------------------------------------
+    # ---- export / import -----------------------------------------------------------
+    def _unit_grid(self) -> np.ndarray:
+        u = np.asarray(self.unit_scores, dtype=np.float64)
+        if self.kind == "text":
+            return u
+        s = max(1, int(self.sweep_dim))
+        return u[..., ::s, ::s]  # one value per block (its top-left pixel)
+
     def to_dict(self) -> dict:
-        """Plain-python description (features as flat indices over pixels / tokens)."""
+        """Plain-python description (features as flat indices over pixels / tokens).
+
+        Non-finite numbers stay Python floats (``nan``); :meth:`to_json` writes them as
+        ``null``.  ``raw`` is not included.
+
+        Returns:
+            dict: ``kind``, ``target``, ``feature_shape``, ``input_shape``,
+            ``num_before_final``, ``cd_evaluations``, ``deferred_evaluations``,
+            ``reference_cd_calls``, ``words``, ``sweep_dim``, ``feature_axes``,
+            ``unit_scores`` (per block for images, per word for text) and ``levels``: a
+            list of ``{"level": l, "groups": [{"id", "features", "score", "logits",
+            "parent"}, ...]}``.
+        """
         levels = []
         for lev in range(len(self.levels)):
             gs = []
@@ -186,21 +302,92 @@ class ACDHierarchy:
             levels.append({"level": lev, "groups": gs})
         return {
             "kind": self.kind, "target": self.target,
-            "feature_shape": list(self._feature_shape()),
-            "input_shape": list(self.input_shape), "num_before_final": self.num_before_final,
-            "cd_evaluations": self.cd_evaluations, "reference_cd_calls": self.reference_cd_calls,
-            "words": self.words, "levels": levels,
+            "feature_shape": [int(v) for v in self._feature_shape()],
+            "input_shape": [int(v) for v in self.input_shape], "num_before_final": self.num_before_final,
+            "cd_evaluations": self.cd_evaluations, "deferred_evaluations": self.deferred_evaluations,
+            "reference_cd_calls": self.reference_cd_calls,
+            "words": self.words, "sweep_dim": int(self.sweep_dim),
+            "feature_axes": [int(v) for v in self.feature_axes],
+            "unit_scores": _nested_floats(self._unit_grid()), "levels": levels,
         }
 
     def to_json(self, **kwargs) -> str:
-        """JSON string of :meth:`to_dict` (``kwargs`` go to ``json.dumps``)."""
-        return json.dumps(self.to_dict(), **kwargs)
+        """Strict JSON string of :meth:`to_dict`: NaN and +-inf are written as ``null``
+        (read back as NaN by :meth:`from_json`).  ``kwargs`` go to ``json.dumps``.
+
+        Examples::
+
+            >>> s = h.to_json(indent=1)
+            >>> h2 = ACDHierarchy.from_json(s)
+        """
+        kwargs.setdefault("allow_nan", False)
+        return json.dumps(_json_safe(self.to_dict()), **kwargs)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ACDHierarchy":
+        """Rebuild a hierarchy from :meth:`to_dict` (or parsed :meth:`to_json`) output.
+
+        Levels, groups (masks, scores, logits), parent / child links (recomputed from the
+        masks, as for a new hierarchy), target, kind, words, shapes, unit scores and the
+        evaluation counts are restored; ``raw`` is not (None).  ``null`` numbers become NaN.
+
+        Args:
+            d (dict): the exported description.
+
+        Returns:
+            ACDHierarchy: the restored hierarchy.
+        """
+        fshape = tuple(int(v) for v in d["feature_shape"])
+        size = int(np.prod(fshape)) if fshape else 0
+        levels: List[Dict[int, ACDGroup]] = []
+        for lev, entry in enumerate(d["levels"]):
+            groups: Dict[int, ACDGroup] = {}
+            for g in entry["groups"]:
+                mask = np.zeros(size, dtype=bool)
+                mask[np.asarray(g["features"], dtype=np.int64)] = True
+                logits = g.get("logits")
+                if logits is not None:
+                    logits = np.array([_float_or_nan(v) for v in logits], dtype=np.float64)
+                gid = int(g["id"])
+                groups[gid] = ACDGroup(int(entry.get("level", lev)), gid, mask.reshape(fshape),
+                                       _float_or_nan(g["score"]), logits)
+            levels.append(groups)
+        kind = d["kind"]
+        s = int(d.get("sweep_dim", 1))
+        unit = d.get("unit_scores")
+        if unit is None:
+            unit_arr = np.full(fshape, np.nan)
+        else:
+            unit_arr = np.array(_json_safe_nan(unit), dtype=np.float64)
+            if kind != "text":
+                unit_arr = to_pixels_scores(unit_arr, s, fshape[-2], fshape[-1])
+        axes = d.get("feature_axes")
+        if axes is None:  # older exports: features on the last axes
+            n = len(d["input_shape"])
+            axes = list(range(n - len(fshape), n))
+        h = cls(kind, int(d["target"]), levels, None, tuple(d["input_shape"]), unit_arr,
+                int(d.get("cd_evaluations", 0)), int(d.get("reference_cd_calls", 0)),
+                d.get("num_before_final"), d.get("words"), tuple(int(v) for v in axes), s)
+        h.deferred_evaluations = int(d.get("deferred_evaluations", 0))
+        return h
+
+    @classmethod
+    def from_json(cls, s: str) -> "ACDHierarchy":
+        """Rebuild a hierarchy from :meth:`to_json` output (see :meth:`from_dict`).
+
+        Examples::
+
+            >>> h2 = ACDHierarchy.from_json(h.to_json())
+            >>> [len(l) for l in h2.levels] == [len(l) for l in h.levels]
+            True
+        """
+        return cls.from_dict(json.loads(s))
 
     def _feature_shape(self) -> Tuple[int, ...]:
         for groups in self.levels:
             for g in groups.values():
                 return g.mask.shape
-        return tuple(self.unit_scores.shape)
+        return tuple(np.asarray(self.unit_scores).shape)
 
     # ---- attribution map -----------------------------------------------------------
     def attribution_map(self, level: Optional[int] = None) -> Tensor:
@@ -233,21 +420,52 @@ class ACDHierarchy:
 
         Images: one panel per level with the groups overlaid (discrete colours) on
         ``image`` (``(C, H, W)`` / ``(H, W, C)`` / ``(H, W)`` tensor or array, rescaled
-        to [0, 1]).  Text: the heat map of levels x words coloured by group score with the
-        words written in (the standard ACD figure).
+        to [0, 1]); a level without groups (level 0, or the only level of a hierarchy
+        built with ``num_iters=0``) shows the image, or the unit scores without one.
+        Text: the heat map of levels x words coloured by group score with the words
+        written in (the standard ACD figure).
+
+        Args:
+            image (Tensor or array, optional): (images) background image.
+            levels (sequence of int, optional): levels to draw. Default: images every
+                level from 1 (level 0 when it is the only one), text all levels.
+            ax (matplotlib Axes or sequence of Axes, optional): images: one Axes per
+                drawn level (a single Axes draws one level: the top level unless
+                ``levels`` names one); text: one Axes.  Default: a new figure.
+            cmap (str, optional): colour map of the text scores and of unit-score panels.
 
         Returns:
-            the matplotlib figure.
+            the matplotlib figure (of ``ax`` when given).
+
+        Examples::
+
+            >>> fig = h.plot(image)
+            >>> fig, axes = plt.subplots(1, 2); h.plot(image, levels=[1, 2], ax=axes)
         """
         import matplotlib.pyplot as plt
 
         if self.kind == "text":
-            return self._plot_text(ax=ax, cmap=cmap, **kwargs)
-        levels = list(range(1, len(self.levels))) if levels is None else list(levels)
+            return self._plot_text(levels=levels, ax=ax, cmap=cmap, **kwargs)
+        if ax is not None:
+            axs = [ax] if hasattr(ax, "imshow") else list(np.ravel(np.asarray(ax, dtype=object)))
+            if levels is None and len(axs) == 1:
+                levels = [len(self.levels) - 1]
+        if levels is None:
+            levels = list(range(1, len(self.levels))) if len(self.levels) > 1 else [0]
+        levels = self._plot_levels(levels)
         n = len(levels)
-        cols = min(n, 6)
-        rows = (n + cols - 1) // cols
-        fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows), squeeze=False)
+        if ax is None:
+            cols = min(n, 6)
+            rows = (n + cols - 1) // cols
+            fig, grid = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows), squeeze=False)
+            axs = list(grid.ravel())
+            for a in axs:
+                a.axis("off")
+        else:
+            if len(axs) != n:
+                raise ValueError(f"plot: ax has {len(axs)} Axes for {n} levels {levels}; give one Axes per "
+                                 "level (or a single Axes and at most one level)")
+            fig = axs[0].figure
         img = None
         if image is not None:
             img = image.detach().cpu().double().numpy() if isinstance(image, Tensor) else np.asarray(image, dtype=float)
@@ -256,44 +474,64 @@ class ACDHierarchy:
                 img = np.moveaxis(img, 0, -1)
             img = (img - img.min()) / (img.max() - img.min() + 1e-12)
         cm = plt.get_cmap("tab20")
-        for a in axes.ravel():
+        for a, lev in zip(axs, levels):
             a.axis("off")
-        for a, lev in zip(axes.ravel(), levels):
+            groups = self.levels[lev]
             if img is not None:
                 a.imshow(img, cmap="gray" if img.ndim == 2 else None)
-            lab = np.zeros(self._feature_shape(), dtype=float)
-            for g in self.levels[lev].values():
-                lab[g.mask] = g.id
-            over = np.ma.masked_where(lab == 0, lab % 20)
-            a.imshow(over, cmap=cm, vmin=0, vmax=19, alpha=0.6 if img is not None else 1.0,
-                     interpolation="nearest")
-            a.set_title("level %d" % lev, fontsize=8)
-        fig.tight_layout()
+            elif not groups:
+                u = np.asarray(self.unit_scores, dtype=float)
+                lim = float(np.nanmax(np.abs(u))) if np.isfinite(u).any() else 1.0
+                a.imshow(u, cmap=cmap, vmin=-lim, vmax=lim, interpolation="nearest")
+            if groups:
+                lab = np.zeros(self._feature_shape(), dtype=float)
+                for g in groups.values():
+                    lab[g.mask] = g.id
+                over = np.ma.masked_where(lab == 0, lab % 20)
+                a.imshow(over, cmap=cm, vmin=0, vmax=19, alpha=0.6 if img is not None else 1.0,
+                         interpolation="nearest")
+                a.set_title("level %d" % lev, fontsize=8)
+            else:
+                a.set_title("level %d (no groups)" % lev, fontsize=8)
+        if ax is None:
+            fig.tight_layout()
         return fig
 
-    def _plot_text(self, ax=None, cmap="RdBu_r", **kwargs):
+    def _plot_levels(self, levels: Sequence[int]) -> List[int]:
+        out = [_check_int("levels entry", v, -len(self.levels), len(self.levels) - 1) for v in levels]
+        if not out:
+            raise ValueError("plot: levels is empty")
+        return [v % len(self.levels) for v in out]
+
+    def _plot_text(self, levels: Optional[Sequence[int]] = None, ax=None, cmap="RdBu_r", **kwargs):
         import matplotlib.pyplot as plt
 
         T = len(self.unit_scores)
-        L = len(self.levels)
+        rows = self._plot_levels(range(len(self.levels)) if levels is None else levels)
+        L = len(rows)
         data = np.full((L, T), np.nan)
-        for lev, groups in enumerate(self.levels):
-            for g in groups.values():
-                data[lev, g.mask] = g.score
+        for r, lev in enumerate(rows):
+            for g in self.levels[lev].values():
+                data[r, g.mask] = g.score
         if ax is None:
             fig, ax = plt.subplots(figsize=(max(4, 0.7 * T), 0.45 * L + 1))
         else:
+            if not hasattr(ax, "pcolormesh"):
+                axs = list(np.ravel(np.asarray(ax, dtype=object)))
+                if len(axs) != 1:
+                    raise ValueError("plot: a text hierarchy is drawn on one Axes, got %d" % len(axs))
+                ax = axs[0]
             fig = ax.figure
         vmax = np.nanmax(np.abs(data)) if np.isfinite(data).any() else 1.0
         ax.pcolormesh(np.ma.masked_invalid(data[::-1]), cmap=cmap, vmin=-vmax, vmax=vmax,
                       edgecolors="w", linewidth=0.5)
         words = self.words or [str(i) for i in range(T)]
-        for lev in range(L):
+        for r in range(L):
             for t in range(T):
-                if np.isfinite(data[lev, t]):
-                    ax.text(t + 0.5, L - lev - 0.5, words[t], ha="center", va="center", fontsize=8)
+                if np.isfinite(data[r, t]):
+                    ax.text(t + 0.5, L - r - 0.5, words[t], ha="center", va="center", fontsize=8)
         ax.set_yticks(np.arange(L) + 0.5)
-        ax.set_yticklabels(["level %d" % lev for lev in range(L)][::-1], fontsize=8)
+        ax.set_yticklabels(["level %d" % lev for lev in rows][::-1], fontsize=8)
         ax.set_xticks([])
         return fig
 
@@ -362,25 +600,44 @@ class ACD:
         Args:
             inputs (Tensor): one image ``(1, C, H, W)`` (any input whose last two axes are
                 spatial).
-            target (int, optional): explained class; None: the predicted one.
-            sweep_dim (int, optional): block size in pixels (the grid has
-                ``ceil(H / s) x ceil(W / s)`` blocks). Default: 14 (the paper's ImageNet
-                setting at 224 px; the reference uses 1 for MNIST)
+            target (int, optional): explained class, in ``[0, C - 1]`` for a model with
+                ``C`` outputs; None: the class with the largest full-image CD score.
+            sweep_dim (int, optional): block size in pixels, a positive integer (the grid
+                has ``ceil(H / s) x ceil(W / s)`` blocks, at least 2). Default: 14 (the
+                paper's ImageNet setting at 224 px; the reference uses 1 for MNIST)
             percentile_include (float, optional): percentile of the block scores selected
-                at each step (>= 15). Default: 95
-            num_iters (int, optional): growth steps before the merge phase. Default: 5
+                at each step, in [15, 100] (the reference's threshold lowers it by 15 once a
+                third of the blocks is selected and fails below 0). Default: 95
+            num_iters (int, optional): growth steps before the merge phase (>= 0; 0 gives
+                the reference's single, empty level 0). Default: 5
             additional_forward_args (Any, optional): extra forward arguments.
             progress (bool, optional): show a progress bar (tqdm, if installed).
 
         Returns:
             ACDHierarchy: levels ``0 .. num_before_final - 1`` are growth steps (level 0
-            empty, as in the reference), then one level per merge, down to one group.
+            empty, as in the reference), then one level per merge, down to one group
+            (for ``num_iters >= 1``).
+
+        Raises:
+            TypeError / ValueError: for an argument of the wrong type or out of range,
+                for a grid of a single block (``sweep_dim`` >= the image's height and
+                width: the reference fails then), or when the first threshold selects
+                every block (tied unit scores: nothing to agglomerate).
         """
+        if not isinstance(inputs, Tensor):
+            raise TypeError("hierarchy expects a tensor, got %s" % type(inputs).__name__)
         if inputs.dim() < 3 or inputs.shape[self.cd.batch_dim] != 1:
-            raise ValueError("hierarchy expects one image (1, C, H, W)")
+            raise ValueError("hierarchy expects one image (1, C, H, W), got shape %s" % (tuple(inputs.shape),))
+        s = _check_int("sweep_dim", sweep_dim, 1)
+        percentile_include = _check_percentile(
+            percentile_include, 15, " for images (the reference's threshold lowers it by 15 once a third of "
+            "the blocks is selected)")
+        num_iters = _check_int("num_iters", num_iters, 0)
         H, W = inputs.shape[-2], inputs.shape[-1]
-        s = int(sweep_dim)
         gh, gw = -(-H // s), -(-W // s)
+        if gh * gw < 2:
+            raise ValueError(f"sweep_dim={s} makes a single block of the {H}x{W} image; ACD needs at least 2 "
+                             f"blocks (sweep_dim < {max(H, W)})")
         lead = [1] * (inputs.dim() - 3)
         dtype = inputs.dtype
 
@@ -396,13 +653,18 @@ class ACD:
         bar = _progress_bar(progress, "ACD (CD evaluations)")
         scorer = CachedScorer(fn, bar)
         try:
+            full_vec = scorer(np.ones((gh, gw), dtype=bool))
             if target is None:
-                target = int(np.argmax(scorer(np.ones((gh, gw), dtype=bool))))
-            lists, finish_lists = agglomerate_2d(scorer, (gh, gw), int(target), percentile_include,
+                target = int(np.argmax(full_vec))
+            target = _check_target(target, int(full_vec.shape[0]))
+            lists, finish_lists = agglomerate_2d(scorer, (gh, gw), target, percentile_include,
                                                  num_iters, defer=True)
         finally:
             if bar is not None:
                 bar.close()
+        if num_iters > 0 and lists["im_thresh_list"][0].all():
+            raise ValueError(f"the first threshold (percentile_include={percentile_include:g}) selected all "
+                             f"{gh * gw} blocks (tied unit scores): nothing to agglomerate")
         n_eval = scorer.evaluations
 
         def finish() -> int:
@@ -416,11 +678,11 @@ class ACD:
             groups = {}
             for k in [int(c) for c in np.unique(comps) if c != 0]:
                 vec = np.asarray(scores[k]) if k in scores else scorer(comps == k)
-                groups[k] = ACDGroup(lev, k, to_pixels(comps == k), float(vec[int(target)]), vec)
+                groups[k] = ACDGroup(lev, k, to_pixels(comps == k), float(vec[target]), vec)
             levels.append(groups)
-        unit = to_pixels_scores(lists["scores_orig_raw"][:, int(target)].reshape(gh, gw), s, H, W)
+        unit = to_pixels_scores(lists["scores_orig_raw"][:, target].reshape(gh, gw), s, H, W)
         nd = inputs.dim()
-        return ACDHierarchy("image", int(target), levels, lists, tuple(inputs.shape), unit,
+        return ACDHierarchy("image", target, levels, lists, tuple(inputs.shape), unit,
                             n_eval, lists["reference_cd_calls"],
                             lists["num_before_final"], feature_axes=(nd - 2, nd - 1), sweep_dim=s,
                             finish=finish)
@@ -443,42 +705,75 @@ class ACD:
 
         Args:
             inputs (Tensor): token ids of one sequence, batch axis of size 1 at
-                ``batch_dim`` (e.g. ``(T, 1)`` for a sequence-first model).
-            target (int, optional): explained class; None: the predicted one.
+                ``batch_dim`` (e.g. ``(T, 1)`` for a sequence-first model, ``(1, T)`` for
+                a batch-first one); a 1-D ``(T,)`` tensor is taken as that sequence (the
+                batch axis is added at ``batch_dim``, which must be 0 or 1).
+            target (int, optional): explained class, in ``[0, C - 1]`` for a model with
+                ``C`` outputs; None: the class with the largest full-sequence CD score.
             percentile_include (float, optional): percentile of ``|score|`` selected per
-                step. Default: 99.5
-            num_iters (int, optional): maximal number of growth steps. Default: 25
-            sweep_dim (int, optional): neighbour distance (the reference supports 1).
+                step, in [0, 100]. Default: 99.5
+            num_iters (int, optional): maximal number of growth steps (>= 0). Default: 25
+            sweep_dim (int, optional): neighbour distance, a positive integer (the
+                reference supports 1). Default: 1
             subtract (bool, optional): phrase score ``rel[target] - rel[other]`` (other =
-                ``1 - target`` for two classes, the mean of the other logits otherwise);
-                False: ``rel[target]``. Default: True
+                ``1 - target`` for two classes, the mean of the other logits otherwise;
+                needs at least 2 outputs); False: ``rel[target]``. Default: True
             absolute (bool, optional): threshold ``|score|``. Default: True
-            words (sequence of str, optional): tokens, kept for plots.
+            words (sequence of str, optional): the ``T`` tokens, kept for plots.
             additional_forward_args (Any, optional): extra forward arguments.
             progress (bool, optional): progress bar (tqdm, if installed).
 
         Returns:
-            ACDHierarchy: level 0 = single words, higher levels = the re-levelled runs
-            (the reference's ``collapse_tree``).
+            ACDHierarchy: the runs re-levelled as by the reference's ``collapse_tree``:
+            level 0 = the single words and the phrases the reference puts at level 0
+            (runs of newly selected words only), higher levels = the longer phrases.
+
+        Raises:
+            TypeError / ValueError: for an argument of the wrong type, shape or range, or
+                ``subtract=True`` with a single-output model.
         """
+        if not isinstance(inputs, Tensor):
+            raise TypeError("hierarchy_text expects a tensor of token ids, got %s" % type(inputs).__name__)
         bd = self.cd.batch_dim
-        feat = [n for d, n in enumerate(inputs.shape) if d != bd]
-        if len(feat) != 1 or inputs.shape[bd] != 1:
-            raise ValueError("hierarchy_text expects one token sequence (batch axis of size 1)")
-        T = feat[0]
+        given_shape = tuple(inputs.shape)
+        if inputs.dim() == 1 and bd in (0, 1):
+            x = inputs.unsqueeze(bd)
+            feature_axes: Tuple[int, ...] = (0,)
+        else:
+            feat = [n for d, n in enumerate(inputs.shape) if d != bd]
+            if inputs.dim() <= bd or len(feat) != 1 or inputs.shape[bd] != 1:
+                expected = "(T, 1)" if bd == 1 else "(1, T)" if bd == 0 else "a batch axis of size 1 at %d" % bd
+                raise ValueError(f"hierarchy_text expects the token ids of one sequence, shape {expected} "
+                                 f"(batch_dim={bd}) or (T,), got {given_shape}")
+            x = inputs
+            feature_axes = tuple(d for d in range(inputs.dim()) if d != bd)
+        T = int(x.numel())  # one sequence: batch axis of size 1
+        if T < 1:
+            raise ValueError("hierarchy_text: empty token sequence")
+        percentile_include = _check_percentile(percentile_include, 0)
+        num_iters = _check_int("num_iters", num_iters, 0)
+        sweep_dim = _check_int("sweep_dim", sweep_dim, 1)
+        if words is not None:
+            words = list(words)
+            if len(words) != T:
+                raise ValueError(f"words has {len(words)} entries for {T} tokens")
 
         def fn(masks: List[np.ndarray]) -> np.ndarray:
-            m = torch.from_numpy(np.stack(masks).astype(np.float32)).to(inputs.device)
-            rel, _ = self.cd.decompose(inputs, m, additional_forward_args=additional_forward_args)
+            m = torch.from_numpy(np.stack(masks).astype(np.float32)).to(x.device)
+            rel, _ = self.cd.decompose(x, m, additional_forward_args=additional_forward_args)
             return rel.detach().double().cpu().numpy()
 
         bar = _progress_bar(progress, "ACD text (CD evaluations)")
         scorer = CachedScorer(fn, bar)
         try:
             full = np.ones(T, dtype=bool)
+            n_out = int(scorer(full).shape[0])
+            if subtract and n_out < 2:
+                raise ValueError("hierarchy_text: subtract=True scores rel[target] - rel[other] and needs a model "
+                                 "with at least 2 outputs (this one has 1); use subtract=False")
             if target is None:
                 target = int(np.argmax(scorer(full)))
-            target = int(target)
+            target = _check_target(target, n_out)
 
             def score(m: np.ndarray) -> float:
                 v = scorer(m)
@@ -498,18 +793,16 @@ class ACD:
         levels: List[Dict[int, ACDGroup]] = []
         for lev, (comps, scores) in enumerate(zip(tree["comps_list"], tree["comp_scores_list"])):
             groups = {}
-            if lev == 0:
-                for j in range(T):
-                    groups[j] = ACDGroup(0, j, np.arange(T) == j, float(unit[j]))
-            else:
-                for k in [int(c) for c in np.unique(comps) if c != 0]:
+            for k in [int(c) for c in np.unique(comps)]:
+                if lev == 0 and k < T:  # word k (id 0 is word 0 at level 0)
+                    groups[k] = ACDGroup(0, k, comps == k, float(unit[k]))
+                elif k != 0:  # a phrase (ids >= T at level 0)
                     groups[k] = ACDGroup(lev, k, comps == k, float(scores[k]))
             levels.append(groups)
         tree["reference_cd_calls"] = lists["reference_cd_calls"]
-        return ACDHierarchy("text", target, levels, tree, tuple(inputs.shape), unit,
+        return ACDHierarchy("text", target, levels, tree, given_shape, unit,
                             scorer.evaluations, lists["reference_cd_calls"], None, words,
-                            feature_axes=tuple(d for d in range(inputs.dim()) if d != bd),
-                            sweep_dim=sweep_dim)
+                            feature_axes=feature_axes, sweep_dim=sweep_dim)
 
 
 def to_pixels_scores(grid: np.ndarray, s: int, H: int, W: int) -> np.ndarray:
