@@ -349,7 +349,7 @@ def test_bad_attribute_requests(client, payload, status, fragment):
 
 
 @pytest.mark.parametrize("payload,status,fragment", [
-    ({"view": "img", "example": 0, "args": {"sweep_dim": 1}}, 400, "must lie in [2, 16]"),
+    ({"view": "img", "example": 0, "args": {"sweep_dim": 1}}, 400, "must lie in [2, 15]"),
     ({"view": "img", "example": 0, "args": {"percentile_include": 5}}, 400, "must lie in"),
     ({"view": "img", "example": 0, "args": {"levels": 3}}, 400, "unknown argument"),
     ({"view": "img", "example": "../x"}, 400, "'example'"),

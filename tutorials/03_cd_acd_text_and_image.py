@@ -120,8 +120,9 @@ for text in texts:
 # ### The ACD hierarchy of a sentence
 #
 # `ACD(model, batch_dim=1).hierarchy_text(ids, words=words)` returns an `ACDHierarchy`:
-# level 0 holds the single words, each higher level the phrases the procedure has grown
-# or merged so far, each with its CD score.  `plot()` draws the standard ACD figure: one row
+# level 0 holds the single words (and, as in the reference's `collapse_tree`, phrases made
+# only of words selected in the same step), each higher level the phrases the procedure
+# has grown or merged so far, each with its CD score.  `plot()` draws the standard ACD figure: one row
 # per level, the words written in, coloured by the score of the phrase they belong to
 # (red = for the predicted class, blue = against).
 

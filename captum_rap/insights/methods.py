@@ -220,7 +220,8 @@ def method_specs(input_kind: str, image_size: Tuple[int, int] = (224, 224), limi
             MethodSpec("CD", "cd", "Contextual Decomposition score of every square block", [
                 ArgSpec("block", "int", max(min_cd, math.ceil(side / 16)), "block size in pixels", min_cd, side)]),
             MethodSpec("ACD", "acd", "Agglomerative CD: hierarchy of pixel groups (levels slider)", [
-                ArgSpec("sweep_dim", "int", max(min_acd, math.ceil(side / 8)), "block size in pixels", min_acd, side),
+                ArgSpec("sweep_dim", "int", max(min_acd, math.ceil(side / 8)), "block size in pixels", min_acd,
+                        max(min_acd, side - 1)),  # one block for the whole image: nothing to grow
                 ArgSpec("percentile_include", "float", 95.0, "percentile of block scores grown per step", 15.0, 99.9),
                 ArgSpec("num_iters", "int", 5, "growth steps before merging", 1, 10)], endpoint="acd"),
         ]
