@@ -949,3 +949,151 @@ def test_precision_check_looks_at_the_largest_mask():
     rel, _ = cd.decompose(x, torch.cat([full, empty, full]))
     assert cd.computation_dtype == torch.float64
     assert float((rel[0] - y[0]).abs().max()) <= 1e-5 * float(y.abs().max())
+
+
+# ------------------------------------------------------------------------------------
+# aliasing, out=, shape-only arguments, bad arguments
+# ------------------------------------------------------------------------------------
+class _Aliases(nn.Module):
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+        self.register_buffer("lo", torch.linspace(-0.5, 0.5, 4 * 8 * 8).view(1, 4, 8, 8))
+
+    def forward(self, x):
+        h = self.c(x)
+        if self.kind == "view_then_inplace_base":  # torch: flat sees the relu
+            flat = h.view(h.size(0), -1)
+            F.relu(h, inplace=True)
+            return self.fc(flat)
+        if self.kind == "inplace_view_then_base":  # torch: h sees the relu
+            F.relu(h.flatten(1), inplace=True)
+            return self.fc(h.flatten(1))
+        if self.kind == "inplace_view_only":  # the stale base is never read: fine
+            flat = F.relu(torch.flatten(h, 1), inplace=True)
+            return self.fc(flat)
+        if self.kind == "out_kwarg":
+            buf = torch.empty(1)
+            torch.add(h, 1.0, out=buf)
+            return self.fc(buf.flatten(1))
+        if self.kind == "shape_args":  # *_as with a decomposed argument, a bias shaped like h
+            b = self.c.bias.view(1, -1, 1, 1).expand_as(h)
+            self.bias_is_constant = type(b) is torch.Tensor
+            g = (h * 2).view_as(h).reshape_as(h).type_as(h).expand_as(h)
+            return self.fc((g + 0 * b).flatten(1))
+        if self.kind == "threshold_clamp":
+            h = F.threshold(h, 0.1, -0.2)
+            h = torch.clamp(h, min=self.lo)  # a tensor bound (dense, also in local mode)
+            return self.fc(nn.Threshold(0.0, 0.05)(h).flatten(1))
+        if self.kind == "new_tensor":
+            return self.fc(h.new_tensor(h).flatten(1))
+        raise AssertionError(self.kind)
+
+
+def _plain_forward(m, x):
+    with torch.no_grad():
+        return m(x)
+
+
+@pytest.mark.parametrize("kind", ["view_then_inplace_base", "inplace_view_then_base", "out_kwarg"])
+def test_aliasing_and_out_raise_instead_of_silently_differing(kind):
+    torch.manual_seed(0)
+    m = _Aliases(kind).double().eval()
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    if kind != "out_kwarg":
+        _plain_forward(m, x)  # (the model itself runs)
+    before = _snapshot(m)
+    with pytest.raises(cdt.UnsupportedOperationError, match="in-place|out="):
+        CD(m).decompose(x, torch.ones(1, 1, 8, 8, dtype=torch.float64))
+    assert _same(before, _snapshot(m))
+
+
+@pytest.mark.parametrize("kind", ["inplace_view_only", "shape_args", "threshold_clamp", "new_tensor"])
+@pytest.mark.parametrize("local", [None, False])
+def test_views_shape_arguments_threshold_and_new_tensor(kind, local):
+    torch.manual_seed(0)
+    m = _Aliases(kind).double().eval()
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    masks = torch.zeros(3, 1, 8, 8, dtype=torch.float64)
+    masks[0] = 1
+    masks[1, ..., 1:4, 2:6] = 1
+    rel, irr = CD(m, local=local).decompose(x, masks)
+    y = _plain_forward(m, x)
+    assert torch.allclose(rel + irr, y.expand_as(rel), atol=1e-12)
+    assert torch.allclose(rel[0], y[0], atol=1e-12)  # the full mask: everything relevant
+    if kind == "shape_args":
+        assert m.bias_is_constant  # shaped like a decomposed tensor, still a constant
+
+
+def test_bad_arguments_are_named():
+    torch.manual_seed(0)
+    m = _randomize_bn(small_cnn()).double().eval()
+    x = torch.randn(1, 1, 28, 28, dtype=torch.float64)
+    cd = CD(m)
+    for bad in (float("nan"), float("inf")):
+        xb = x.clone()
+        xb[0, 0, 3, 4] = bad
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            cd.decompose(xb, torch.ones(1, 1, 28, 28))
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            cd.attribute(xb, target=0)
+    mb = torch.ones(1, 1, 28, 28)
+    mb[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="masks contain NaN"):
+        cd.decompose(x, mb)
+    with pytest.raises(ValueError, match="masks must have shape"):
+        cd.decompose(x, torch.ones(28, 28))  # (H, W): ambiguous, not K=28 masks
+    rel, irr = cd.decompose(x, torch.zeros(0, 1, 28, 28))
+    assert rel.shape == irr.shape == (0, 10)
+    fm = torch.arange(4).repeat_interleave(7).view(1, 1, 1, 28).expand(1, 1, 28, 28)
+    for target, err in ((-1, ValueError), (10, ValueError), (2.0, TypeError), ([1, 2, 3], ValueError),
+                        (torch.tensor([1, 2, 3]), ValueError)):
+        with pytest.raises(err, match="target"):
+            cd.attribute(torch.cat([x, x]), target=target, feature_mask=fm)
+    a = cd.attribute(torch.cat([x, x]), target=[3, 4], feature_mask=fm)
+    assert a.shape == (2, 1, 28, 28)
+
+
+def test_batch_norm_without_running_statistics_is_named():
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.Flatten()).eval()
+    with pytest.raises(cdt.UnsupportedOperationError, match="track_running_stats=False"):
+        CD(m).decompose(torch.randn(1, 3, 8, 8), torch.ones(1, 1, 8, 8))
+
+
+def test_threshold_rule_against_explicit_layers():
+    """conv -> F.threshold -> linear by hand: bias split by (|r| + eps) / (|r| + |i| + 2 eps),
+    then rel' = f(rel), tot' = f(tot) for the threshold."""
+    torch.manual_seed(1)
+    conv, fc = nn.Conv2d(2, 3, 3).double(), nn.Linear(3 * 4 * 4, 4).double()
+    with torch.no_grad():
+        conv.bias.mul_(5)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = conv, fc
+
+        def forward(self, x):
+            return self.fc(F.threshold(self.conv(x), 0.2, -0.3).flatten(1))
+
+    x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
+    masks = (torch.rand(3, 1, 6, 6) < 0.5).double()
+
+    def split(r, tot, b):
+        i = tot - r
+        return r + (r.abs() + 1e-20) / (r.abs() + i.abs() + 2e-20) * b
+
+    def f(t):
+        return torch.where(t > 0.2, t, torch.full_like(t, -0.3))
+
+    with torch.no_grad():
+        b1 = conv.bias.view(1, -1, 1, 1)
+        r1 = F.conv2d(masks * x, conv.weight)
+        t1 = F.conv2d(x.expand(3, -1, -1, -1), conv.weight)
+        rel1, tot1 = split(r1, t1, b1), t1 + b1
+        rel2, tot2 = f(rel1).flatten(1), f(tot1).flatten(1)
+        expected = split(rel2 @ fc.weight.t(), tot2 @ fc.weight.t(), fc.bias)
+    rel, irr = CD(Net().eval(), local=False).decompose(x, masks)
+    assert torch.allclose(rel, expected, atol=1e-12)

@@ -181,6 +181,8 @@ class CDTensor(torch.Tensor):
         t._partial_view = partial_view
         t._pos = None
         t._nobias = None
+        t._fam = [0]  # version of the data shared with its views (see _dispatch)
+        t._ver = 0
         return t
 
     @classmethod
@@ -196,6 +198,8 @@ class CDTensor(torch.Tensor):
         t._partial_view = False
         t._pos = None
         t._nobias = None
+        t._fam = [0]  # version of the data shared with its views (see _dispatch)
+        t._ver = 0
         return t
 
     @property
@@ -283,7 +287,7 @@ _META = {
     "__hash__", "data_ptr", "is_signed", "has_names", "__format__", "requires_grad_",
     "is_inference", "untyped_storage",
     # factories that only use shape / dtype / device: their results are constants
-    "new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "zeros_like", "ones_like",
+    "new_zeros", "new_ones", "new_full", "new_empty", "zeros_like", "ones_like",
     "empty_like", "full_like", "rand_like", "randn_like", "randint_like",
 }
 _META_GETTERS_LINEAR = {"get:T", "get:mT", "get:data", "get:H", "get:mH"}
@@ -330,9 +334,19 @@ def _dispatch(func, args, kwargs):
             args = (args[0],) + tuple(rest)
         args = _cast(args)
         kwargs = {k: _cast(v) for k, v in kwargs.items()}
+    if kwargs.get("out") is not None:
+        raise UnsupportedOperationError(
+            "CD: `%s` with out= in %s writes into a plain tensor; use the returned value" % (name, _where()))
     # token ids
     if any(isinstance(a, TokenCDTensor) for a in _iter_args(args, kwargs)):
         return _token_dispatch(func, name, args, kwargs)
+    for a in _iter_args(args, kwargs):
+        if _is_cd(a) and a._ver != a._fam[0]:
+            raise UnsupportedOperationError(
+                "CD: `%s` in %s reads a tensor after an in-place operation changed another view "
+                "of its data (e.g. `flat = h.view(n, -1)` then `relu_(h)`, or an in-place op on "
+                "`h.flatten(1)` and then `h`). Decomposed tensors do not share storage with their "
+                "views; use the out-of-place form (inplace=False) there." % (name, _where()))
     handler = _HANDLERS.get(name)
     if handler is None:
         raise UnsupportedOperationError(
@@ -342,11 +356,13 @@ def _dispatch(func, args, kwargs):
             "(identity), embedding, lstm, gru, sums of decomposed tensors and linear shape "
             "operations." % (name, _qualname(func), _where())
         )
-    src = args[0] if args else None
+    src = args[0] if args else kwargs.get("input")
     other = args[1] if len(args) > 1 else None
     pos = src._pos if _is_cd(src) else None
     nobias = src._nobias if _is_cd(src) else None
     if pos is None and nobias is None and not (_is_cd(other) and other._nobias is not None):
+        if name in _VIEWS and _is_cd(src):
+            return _same_data(handler(func, name, args, kwargs), src)
         return handler(func, name, args, kwargs)
     summed = None  # operands of a sum (before an in-place sum overwrites the first one)
     if (name in _ADD_NAMES or name in _SUB_NAMES or name in _RSUB_NAMES) and len(args) == 2 \
@@ -357,6 +373,8 @@ def _dispatch(func, args, kwargs):
         if pos is not None and res._pos is None:
             res._pos = _carry_pos(func, name, pos, res, args, kwargs)
         res._nobias = _carry_nobias(func, name, args, kwargs, nobias, summed)
+    if name in _VIEWS and _is_cd(src):
+        _same_data(res, src)
     return res
 
 
@@ -364,6 +382,30 @@ def _nobias_parts(v):
     if _is_cd(v):
         return v._nobias if v._nobias is not None else (v.rel, v.irr)
     return 0, v
+
+
+# functions whose result is a view of (or the same tensor as) their input in torch: an
+# in-place change of one makes the others stale (torch's storage sharing is not mirrored)
+_VIEWS = {
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "permute", "transpose",
+    "swapaxes", "swapdims", "movedim", "moveaxis", "t", "squeeze", "unsqueeze", "expand",
+    "expand_as", "detach", "contiguous", "to", "type", "float", "double", "half", "bfloat16",
+    "type_as", "cpu", "cuda", "get:T", "get:mT", "get:data", "__getitem__", "narrow", "select",
+    "split", "chunk", "unbind", "tensor_split", "diagonal", "split_with_sizes", "unsafe_split",
+    "unsafe_chunk", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+    "feature_alpha_dropout",
+}
+
+
+def _same_data(res, src):
+    """Put the result(s) of a view function in the version family of ``src`` (and carry
+    the token shares / bias-free parts as for any function)."""
+    items = res if isinstance(res, (list, tuple)) else (res,)
+    for r in items:
+        if _is_cd(r) and r is not src:
+            r._fam = src._fam
+            r._ver = src._fam[0]
+    return res
 
 
 def _carry_nobias(func, name, args, kwargs, nobias, summed):
@@ -463,6 +505,9 @@ def _set_inplace(target: CDTensor, result: CDTensor) -> CDTensor:
     target._is_tot = result._is_tot
     target._pos = None
     target._nobias = None
+    # the views of ``target`` (and what it is a view of) now hold stale parts
+    target._fam[0] += 1
+    target._ver = target._fam[0]
     return target
 
 
@@ -573,8 +618,15 @@ def _rowwise_ok(base: str, sec: torch.Tensor, args, kwargs) -> bool:
     return True
 
 
+_LIKE = {"expand_as", "view_as", "reshape_as", "type_as"}  # the 2nd argument gives a shape / dtype
+
+
 def _unary_linear(func, name, args, kwargs):
     """Functions linear (without constant term) in their single decomposed argument."""
+    if name in _LIKE and len(args) == 2 and _is_cd(args[1]):
+        args = (args[0], args[1]._sec)  # a plain tensor of the same shape (and dtype)
+        if not _is_cd(args[0]):  # a constant shaped like a decomposed tensor
+            return _run_plain(func, args, kwargs)
     n = _count_cd(args, kwargs)
     if n != 1 or any(_is_cd(x) for a in args if isinstance(a, (list, tuple)) for x in a):
         raise UnsupportedOperationError(
@@ -622,7 +674,8 @@ def _unary_linear(func, name, args, kwargs):
 
 def _div(func, name, args, kwargs):
     if name in ("__rtruediv__", "__rdiv__", "__rfloordiv__") or (len(args) > 1 and _is_cd(args[1])):
-        raise UnsupportedOperationError("CD: division by a decomposed tensor (`%s`) in %s is not linear" % (name, _where()))
+        raise UnsupportedOperationError(
+            "CD: division by a decomposed tensor (`%s`) in %s is not linear" % (name, _where()))
     if kwargs.get("rounding_mode") is not None:
         raise UnsupportedOperationError("CD: `%s` with rounding_mode in %s is not linear" % (name, _where()))
     return _unary_linear(func, name, args, kwargs)
@@ -815,8 +868,8 @@ def _activation(func, name, args, kwargs):
 
         def fn(t):
             return f(t, *rest_a, **kw)
-    if x._loc is not None:
-        loc = x._loc
+    if x._loc is not None and not any(isinstance(v, torch.Tensor) and v.numel() > 1 for v in others):
+        loc = x._loc  # (bounds that are tensors would not fit the boxes: dense then)
         out = CDTensor.local(LocalRel(fn(loc.bg), fn(loc.crop), loc.ys, loc.xs), fn(x._sec[:1]))
         return _set_inplace(x, out) if inplace else out
     rel = fn(x._rel)
@@ -941,7 +994,12 @@ def _batch_norm(func, name, args, kwargs):
     x = a["input"]
     if not _is_cd(x) or any(_is_cd(a[k]) for k in ("running_mean", "running_var", "weight", "bias")):
         raise UnsupportedOperationError("CD: `batch_norm` with decomposed statistics in %s" % _where())
-    if a["training"] or a["running_mean"] is None:
+    if a["running_mean"] is None:
+        raise UnsupportedOperationError(
+            "CD: `batch_norm` in %s has no running statistics (track_running_stats=False): it "
+            "normalises with the statistics of the batch, which is not an affine map of one "
+            "input, so CD has no rule for it." % _where())
+    if a["training"]:
         raise UnsupportedOperationError(
             "CD: `batch_norm` in %s runs in training mode (batch statistics are not an affine "
             "map, and running statistics would be updated). Put the model in eval mode "
@@ -1135,8 +1193,8 @@ def _local_sum(parts, coefs):
         return None
     ys, xs, _, _, crops = common
     crop = bg = tot = None
-    for t, l, cr, c in zip(parts, locs, crops, coefs):
-        cr, b_, t1 = (cr, l.bg, t._sec[:1]) if c == 1 else (c * cr, c * l.bg, c * t._sec[:1])
+    for t, lc, cr, c in zip(parts, locs, crops, coefs):
+        cr, b_, t1 = (cr, lc.bg, t._sec[:1]) if c == 1 else (c * cr, c * lc.bg, c * t._sec[:1])
         crop = cr if crop is None else crop + cr
         bg = b_ if bg is None else bg + b_
         tot = t1 if tot is None else tot + t1
@@ -1150,7 +1208,7 @@ def _local_cat(parts):
     if common is None:
         return None
     ys, xs, _, _, crops = common
-    return CDTensor.local(LocalRel(torch.cat([l.bg for l in locs], 1), torch.cat(crops, 1), ys, xs),
+    return CDTensor.local(LocalRel(torch.cat([lc.bg for lc in locs], 1), torch.cat(crops, 1), ys, xs),
                           torch.cat([t._sec[:1] for t in parts], 1))
 
 
@@ -1238,7 +1296,7 @@ for _n in ["cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack"
     _HANDLERS[_n] = _joint_linear
 for _n in ["relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_",
            "clamp", "clamp_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_", "clip", "clip_",
-           "threshold", "threshold_", "rrelu", "rrelu_"]:
+           "threshold", "threshold_", "_threshold", "rrelu", "rrelu_"]:
     _HANDLERS[_n] = _activation
 for _n in _CONV_NAMES:
     _HANDLERS[_n] = _affine
@@ -1246,6 +1304,19 @@ _HANDLERS["batch_norm"] = _batch_norm
 for _n in _MAXPOOL:
     _HANDLERS[_n] = _max_pool
 _HANDLERS["pad"] = _pad
+
+
+def _new_tensor(func, name, args, kwargs):
+    """``t.new_tensor(data)``: a copy of ``data`` (a constant unless ``data`` is decomposed)."""
+    data = args[1] if len(args) > 1 else kwargs.get("data")
+    if not _is_cd(data):
+        return _run_plain(func, args, kwargs)
+    if set(kwargs) - {"data", "dtype", "device", "requires_grad"}:
+        raise UnsupportedOperationError("CD: `new_tensor` with %s in %s" % (sorted(kwargs), _where()))
+    return _new(data._rel.clone(), data._sec.clone(), False, data._is_tot)
+
+
+_HANDLERS["new_tensor"] = _new_tensor
 _HANDLERS["embedding"] = _embedding
 _HANDLERS["lstm"] = _lstm
 
@@ -1270,6 +1341,10 @@ def split_output(out) -> Tuple[torch.Tensor, torch.Tensor]:
     if isinstance(out, dict):
         out = next(iter(out.values()))
     if _is_cd(out):
+        if out._ver != out._fam[0]:
+            raise UnsupportedOperationError(
+                "CD: the model's output was changed by an in-place operation on another view "
+                "of its data after it was computed; use out-of-place operations there")
         if out._nobias is not None:
             return out._nobias
         return out.rel, out.irr

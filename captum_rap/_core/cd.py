@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import warnings
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
@@ -301,6 +302,11 @@ class CD(Attribution):
         masks = torch.as_tensor(masks, device=inputs.device)
         if masks.dim() == len(feat_shape):  # a single mask
             masks = masks.unsqueeze(0)
+        elif masks.dim() != len(feat_shape) + 1:
+            raise ValueError(
+                "masks must have shape (K, %s) or broadcast to it with the same number of axes "
+                "(e.g. (K, 1, H, W) for images), or (%s) for a single mask; got %s"
+                % (", ".join(map(str, feat_shape)), ", ".join(map(str, feat_shape)), tuple(masks.shape)))
         K = masks.shape[0]
         try:
             masks = masks.expand((K,) + feat_shape) if masks.shape[1:] != feat_shape else masks
@@ -555,7 +561,7 @@ class CD(Attribution):
             masks = (fmn.unsqueeze(0) == groups.view((-1,) + (1,) * fmn.dim()))
             afa_n = _slice_args(afa, n, bd) if afa else None
             rel, irr = self.decompose(xn, masks, additional_forward_args=afa_n, batch_size=batch_size)
-            t = _target_for(target, n, rel[0] + irr[0])
+            t = _target_for(target, n, rel[0] + irr[0], N)
             scores = rel[:, t].to(out_dtype)
             amap = (masks.to(out_dtype) * scores.view((-1,) + (1,) * fmn.dim())).sum(0)
             idx = [slice(None)] * x.dim()
@@ -579,23 +585,36 @@ def _model_dtype(model, inputs: Tensor) -> torch.dtype:
     return torch.get_default_dtype()
 
 
-def _target_for(target, n, logits) -> int:
+def _target_for(target, n, logits, N: int = 1) -> int:
+    """The output index explained for example ``n`` of ``N``, checked against the number
+    of outputs (``logits`` of that example)."""
+    C = int(logits.numel())
     if target is None:
         return int(torch.argmax(logits).item())
-    if isinstance(target, int):
-        return target
-    if isinstance(target, Tensor):
-        if target.numel() == 1:
-            return int(target.item())
-        return int(target.reshape(-1)[n].item())
     if isinstance(target, tuple):
         raise NotImplementedError("tuple targets (multi-dimensional outputs) are not supported")
-    if isinstance(target, list):
-        t = target[n] if len(target) > 1 else target[0]
+    if isinstance(target, Tensor):
+        if target.is_floating_point() or target.is_complex():
+            raise TypeError("target must hold integers, got a %s tensor" % target.dtype)
+        flat = target.reshape(-1)
+        if flat.numel() not in (1, N):
+            raise ValueError("target has %d entries for %d examples" % (flat.numel(), N))
+        t = flat[n if flat.numel() > 1 else 0].item()
+    elif isinstance(target, list):
+        if len(target) not in (1, N):
+            raise ValueError("target has %d entries for %d examples" % (len(target), N))
+        t = target[n if len(target) > 1 else 0]
         if isinstance(t, tuple):
             raise NotImplementedError("tuple targets (multi-dimensional outputs) are not supported")
-        return int(t)
-    raise TypeError("unsupported target %r" % (target,))
+    else:
+        t = target
+    if isinstance(t, Tensor) and t.numel() == 1:
+        t = t.item()
+    if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+        raise TypeError("target must be an integer output index, got %r" % (t,))
+    if not 0 <= int(t) < C:
+        raise ValueError("target %d is not an output index of a model with %d outputs" % (int(t), C))
+    return int(t)
 
 
 def _repeat_args(afa, k, bd):
