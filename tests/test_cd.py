@@ -390,7 +390,7 @@ def test_batched_equals_looped():
     m = _randomize_bn(small_cnn()).double().eval()
     x = torch.randn(1, 1, 28, 28, dtype=torch.float64)
     masks = (torch.rand(7, 1, 28, 28) < 0.4).double()
-    cd = CD(m, batch_size=3)
+    cd = CD(m, batch_size=3, check_batching=False)
     rel, irr = cd.decompose(x, masks)
     assert cd.num_forwards == 3
     for k in range(7):
@@ -914,7 +914,7 @@ def test_models_mixing_the_batch_fall_back_to_one_mask_per_forward(kind):
     cd = CD(m)
     with pytest.warns(RuntimeWarning, match="one mask per forward"):
         rel, irr = cd.decompose(x, masks)
-    assert cd.batching_error > 1e-6 and cd.num_forwards == 4
+    assert cd.batching_error > 1e-6 and cd.num_forwards == 3  # (the checked mask is reused)
     for k in range(4):  # each mask alone: the model's own batch of one
         r, _ = CD(m, batch_size=1).decompose(x, masks[k:k + 1])
         assert torch.allclose(rel[k], r[0], atol=1e-12)
@@ -1097,3 +1097,20 @@ def test_threshold_rule_against_explicit_layers():
         expected = split(rel2 @ fc.weight.t(), tot2 @ fc.weight.t(), fc.bias)
     rel, irr = CD(Net().eval(), local=False).decompose(x, masks)
     assert torch.allclose(rel, expected, atol=1e-12)
+
+
+def test_masks_computed_by_the_checks_are_reused_and_equal():
+    torch.manual_seed(0)
+    m = _randomize_bn(small_cnn()).eval()
+    x = torch.randn(1, 1, 28, 28)
+    masks = (torch.rand(7, 1, 28, 28) < 0.4).float()
+    masks[0], masks[5] = 1, 0  # the largest and smallest masks (checked, then reused)
+    cd = CD(m, batch_size=4)
+    assert len(cd._check_indices(masks)) == 3
+    rel, irr = cd.decompose(x, masks)
+    assert cd.num_check_forwards == 3  # float64 batch + single (batching), float32 batch (precision)
+    assert cd.num_forwards == 1  # the 4 masks the checks did not compute
+    plain = CD(m, batch_size=4, check_precision=False, check_batching=False)
+    r0, i0 = plain.decompose(x, masks)
+    assert torch.allclose(rel, r0, atol=1e-6) and torch.allclose(irr, i0, atol=1e-6)
+    assert torch.allclose(rel + irr, m(x).detach().expand_as(rel), atol=1e-5)

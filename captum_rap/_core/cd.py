@@ -192,7 +192,8 @@ class CD(Attribution):
             automatic dtype to float64 (before the masks are computed) or, for an
             explicit dtype or in ``reference_compatible`` mode, warns
             (``RuntimeWarning``, once).  ``precision_error`` keeps the last measured
-            relative error.  Costs those masks in each dtype per new input.  Default: True
+            relative error.  Costs those masks in float64 per new input (the ones
+            computed in the dtype of the run are kept as results).  Default: True
         check_batching (bool, optional): before the first forward with several masks,
             compute up to three distinct masks in one float64 forward and the first of
             them alone, and compare.  The masks share the batch axis of one forward, so a
@@ -201,7 +202,8 @@ class CD(Attribution):
             give each mask the others' contributions; if they differ (more than 1e-6 of
             the output) or the batched forward fails, this instance computes one mask per
             forward from then on and warns.  ``batching_error`` keeps the measured
-            difference.  Once per instance.  Default: True
+            difference.  Once per instance (about two masks in float64; the batch is
+            kept as results when the run is in float64).  Default: True
 
     Examples::
 
@@ -239,6 +241,7 @@ class CD(Attribution):
         #: relative difference between batched and one-mask forwards (None: not checked)
         self.batching_error: Optional[float] = None
         self._unbatched = False  # True once the batching check failed: one mask per forward
+        self._reusable: dict = {}
         #: None = automatic (see ``batch_size`` above)
         self.batch_size: Optional[int] = int(batch_size) if batch_size else (1 if reference_compatible else None)
         self.batch_dim = int(batch_dim)
@@ -332,7 +335,22 @@ class CD(Attribution):
                           self.precision_error)
         if self._unbatched:
             bs = 1
-        rel, irr = self._run(inputs, masks, bs, afa, is_tokens, dtype)
+        # the masks the checks computed in the dtype of this run are results already
+        # (not in reference_compatible mode: it computes one mask per forward)
+        done = None if self.reference_compatible else self._reusable.get(
+            dtype if dtype is not None else _model_dtype(self.model, inputs))
+        self._reusable = {}
+        if done is None:
+            rel, irr = self._run(inputs, masks, bs, afa, is_tokens, dtype)
+        else:
+            idx, d_rel, d_irr = done
+            rest = [k for k in range(K) if k not in set(idx)]
+            rel = d_rel.new_empty((K,) + tuple(d_rel.shape[1:]))
+            irr = d_irr.new_empty(rel.shape)
+            rel[idx], irr[idx] = d_rel, d_irr
+            if rest:
+                r_rel, r_irr = self._run(inputs, masks[rest], bs, afa, is_tokens, dtype)
+                rel[rest], irr[rest] = r_rel.to(rel.dtype), r_irr.to(rel.dtype)
         self.num_masks += K
         if self.dtype is None and inputs.is_floating_point() and rel.dtype != inputs.dtype:
             rel, irr = rel.to(inputs.dtype), irr.to(inputs.dtype)
@@ -431,6 +449,7 @@ class CD(Attribution):
         check failed (warns when the dtype was given explicitly); sets ``_unbatched``
         (and warns) when the batching check failed."""
         K = masks.shape[0]
+        self._reusable = {}  # results dtype -> (indices, rel, irr) of masks the checks computed
         low = dtype if dtype is not None else _model_dtype(self.model, inputs)
         key = (inputs.data_ptr(), inputs._version, tuple(inputs.shape), str(inputs.device))
         need_prec = (self.check_precision and K > 0 and key not in self._precision_checked
@@ -470,13 +489,17 @@ class CD(Attribution):
                     RuntimeWarning, stacklevel=4)
         elif need_batch:
             self.batching_error = 0.0  # one distinct mask: nothing to mix
+        if run64 is not None:
+            self._reusable[torch.float64] = (idx, run64[0], run64[1])
         if not need_prec:
             return True
         self._precision_checked.add(key)
         n = 1 if self._unbatched else len(idx)
-        rel, _ = self._run(inputs, sub, n, afa, is_tokens, dtype, warn=False, check=True)
+        rel, irr = self._run(inputs, sub, n, afa, is_tokens, dtype, warn=False, check=True)
+        self._reusable[rel.dtype] = (idx, rel, irr)
         if run64 is None:
             run64 = self._run(inputs, sub, n, afa, is_tokens, torch.float64, warn=False, check=True)
+            self._reusable[torch.float64] = (idx, run64[0], run64[1])
         r64, i64 = run64
         scale = float((r64 + i64).abs().max())
         err = float((rel.double() - r64).abs().max())
