@@ -667,7 +667,8 @@ def _box_masks(K, H, W, gen, dtype):
     masks = torch.zeros(K, 1, H, W, dtype=dtype)
     for k in range(K):
         h, w = int(torch.randint(1, H // 3, (1,), generator=gen)), int(torch.randint(1, W // 3, (1,), generator=gen))
-        y, x = int(torch.randint(0, H - h + 1, (1,), generator=gen)), int(torch.randint(0, W - w + 1, (1,), generator=gen))
+        y = int(torch.randint(0, H - h + 1, (1,), generator=gen))
+        x = int(torch.randint(0, W - w + 1, (1,), generator=gen))
         masks[k, :, y:y + h, x:x + w] = (torch.rand(h, w, generator=gen) < 0.7).to(dtype)
     masks[:2] = 0
     masks[0, :, :2, :3] = 1    # corners
