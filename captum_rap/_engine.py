@@ -21,6 +21,7 @@ naming the operation and the module it was called from.
 from __future__ import annotations
 
 import itertools
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -211,7 +212,9 @@ class LayerInfo:
         is_first_layer (bool): no other affine layer lies between the model input and this
             layer (true for input layers, and also after parameter-free ops such as an
             in-model scaling or a ReLU).
-        index (int): position of this call among the affine layer calls of the forward pass.
+        index (int): position of this call among the affine layer calls of the forward pass
+            (a batch norm folded into the preceding layer by ``merge_batchnorm`` shares
+            that layer's index).
         is_output_layer (bool): the layer's output is the model output (known only after
             the forward pass; rules read it during the backward pass).
     """
@@ -236,31 +239,47 @@ class _Node:
     rule: Any
     state: "_CallState"
     input_ref: Optional[Tensor] = None  # the layer's input tensor (kept for input layers)
-    out: Optional[Tensor] = None
-    z: Optional[Tensor] = None  # output seen by the rule (differs from out if a BN was merged)
+    out: Optional[Tensor] = None  # the layer output (of ``op``)
+    z: Optional[Tensor] = None  # output of a batch norm folded into this layer (``merged_op``)
     is_output_layer: bool = False
     seed: Optional[Tensor] = None
     out_version: int = 0
     z_version: int = 0
-    bn_grad: Optional[Tensor] = None  # gradient at the output of a merged BN
+    out_ref: Any = None  # weak reference to the output tensor the forward pass returned
+    #: batch norm folding (merge_batchnorm): the layer with the batch norm that reads its
+    #: output folded in, and that batch norm's own node (used when folding is not exact)
+    merged_op: Optional[AffineOp] = None
+    bn: Optional["_Node"] = None
+    parent: Optional["_Node"] = None  # for such a batch norm: the layer it is folded into
+    bn_grad: Optional[Tensor] = None  # gradient at the output of the folded batch norm
+    problem: Optional[Exception] = None  # for a folded batch norm: why it has no usable rule
+    #: callbacks receiving the relevance at the layer output (LayerLRP / LayerRAP captures)
+    captures: List[Callable[[Tensor], None]] = field(default_factory=list)
 
     def rule_output(self, x: Tensor) -> Tensor:
-        """The output the rule sees (after a merged batch norm, if any).  It is kept
-        without a copy; should an in-place operation the function mode did not see have
-        overwritten it (version counter changed), it is recomputed from the input ``x``."""
-        if self.z is not None:
-            if self.z._version != self.z_version:
-                self.z = self.op.forward(x, self.op.weight, self.op.bias).detach()
-                self.z_version = self.z._version
-            return self.z
+        """The layer output (of ``op``).  It is kept without a copy; should an in-place
+        operation the function mode did not see have overwritten it (version counter
+        changed), it is recomputed from the input ``x``."""
         assert self.out is not None
         if self.out._version != self.out_version:
             self.out = self.op.forward(x, self.op.weight, self.op.bias).detach()
             self.out_version = self.out._version
         return self.out
 
+    def folded_output(self, x: Tensor) -> Tensor:
+        """The output of the folded layer ``merged_op`` (the batch norm output), kept and
+        checked as in :meth:`rule_output`."""
+        assert self.z is not None and self.merged_op is not None
+        if self.z._version != self.z_version:
+            self.z = self.merged_op.forward(x, self.merged_op.weight, self.merged_op.bias).detach()
+            self.z_version = self.z._version
+        return self.z
+
     def protect(self, t: Tensor) -> None:
         """Copy the saved output(s) that share memory with ``t`` before ``t`` is written to."""
+        if self.parent is not None:  # a folded batch norm: its output is kept by the layer
+            self.parent.protect(t)
+            return
         ptr = t.untyped_storage().data_ptr()
         if self.out is not None and self.out.untyped_storage().data_ptr() == ptr:
             self.out = self.out.clone()
@@ -279,6 +298,11 @@ class _CallState:
     relevance_hooks: Dict[int, Callable[[_Node, Tensor], Tensor]] = field(default_factory=dict)
     bypass: bool = False
     leaves: List[Tensor] = field(default_factory=list)  # the floating model inputs (autograd leaves)
+    #: weak references to every tensor tagged in this call; the tags are removed at its end
+    tagged: List[Any] = field(default_factory=list)
+    #: True while the relevance returned by input layers is mapped back to the model inputs
+    #: (the gradients of that backward pass are relevances, not relevance densities)
+    direct_pass: bool = False
 
 
 _TAG = "_captum_rap_tag"
@@ -296,11 +320,28 @@ def _tag_of(t: Any, token: int) -> int:
     return tag[1]
 
 
-def _set_tag(t: Tensor, token: int, kind: int, producer: Optional[_Node] = None) -> None:
+def _set_tag(t: Tensor, state: _CallState, kind: int, producer: Optional[_Node] = None) -> None:
     try:
-        setattr(t, _TAG, (token, kind, producer))
+        setattr(t, _TAG, (state.token, kind, producer))
     except (AttributeError, RuntimeError):  # pragma: no cover - exotic tensor types
-        pass
+        return
+    state.tagged.append(weakref.ref(t))
+
+
+def _remove_tags(state: _CallState) -> None:
+    """Remove this call's tags from every tensor still alive (activations the model keeps,
+    and any user tensor an operation returned), also after an error."""
+    for ref in state.tagged:
+        t = ref()
+        if t is None:
+            continue
+        tag = t.__dict__.get(_TAG) if hasattr(t, "__dict__") else None
+        if tag is not None and tag[0] == state.token:
+            try:
+                delattr(t, _TAG)
+            except AttributeError:  # pragma: no cover
+                pass
+    state.tagged.clear()
 
 
 def _producer(t: Tensor, token: int) -> Optional[_Node]:
@@ -323,7 +364,7 @@ class _RuleFunction(torch.autograd.Function):
         out = node.op.forward(x, node.op.weight, node.op.bias)
         ctx.node = node
         ctx.save_for_backward(x)
-        ctx.set_materialize_grads(False)  # merged batch norms send no (zero) gradient
+        ctx.set_materialize_grads(False)  # folded batch norms send no (zero) gradient
         # no copy: the function mode copies it before an in-place op writes to it
         # (copy-on-write); the version counter catches any write it did not see
         node.out = out.detach()
@@ -334,29 +375,55 @@ class _RuleFunction(torch.autograd.Function):
     def backward(ctx, grad_out: Optional[Tensor]):  # type: ignore[override]
         (x,) = ctx.saved_tensors
         node: _Node = ctx.node
-        z = node.rule_output(x)
-        if node.seed is not None:
-            r_out = node.seed
-        elif node.bn_grad is not None:
-            r_out = node.bn_grad * z
-            node.bn_grad = None
-        elif grad_out is None:
-            r_out = torch.zeros_like(z)
+        bn = node.bn
+        bn_grad, node.bn_grad = node.bn_grad, None
+        op = node.op
+        if bn is not None and bn_grad is not None and grad_out is None and node.seed is None:
+            # the folded batch norm is the only way relevance leaves this layer: the rule
+            # sees the folded affine map BN(W x + b) and the relevance at the BN output
+            op = node.merged_op
+            z = node.folded_output(x)
+            r_out = bn.seed if bn.seed is not None else bn_grad * z
+            if bn.info.is_output_layer:
+                node.is_output_layer = node.info.is_output_layer = True
         else:
-            r_out = grad_out * z
-        hook = node.state.relevance_hooks.get(id(node))
-        if hook is not None:
-            r_out = hook(node, r_out)
-        factor, extra = node.rule.propagate(node.op, x, z, r_out, node.info)
-        if node.info.is_input_layer:
-            relevance = _combine(x, factor, extra)
-            node.state.input_relevance.append((node.input_ref, relevance))
-            return torch.zeros_like(x), None
-        if factor is None:
-            return (safe_divide(extra, x) if extra is not None else torch.zeros_like(x)), None
-        if extra is not None:
-            factor = factor + safe_divide(extra, x)
-        return factor, None
+            # no batch norm folded, or the layer output also reaches the model output by
+            # another way (e.g. y = relu(bn(c) + c)): folding would be wrong, so the batch
+            # norm gets its own rule, exactly as with merge_batchnorm=False
+            z = node.rule_output(x)
+            if node.seed is not None:
+                r_out = node.seed
+            else:
+                if bn is not None and bn_grad is not None:
+                    if bn.problem is not None:
+                        raise bn.problem
+                    zb = node.folded_output(x)
+                    r_bn = bn.seed if bn.seed is not None else bn_grad * zb
+                    dens = _apply_rule(bn, bn.op, z, zb, r_bn)
+                    grad_out = dens if grad_out is None else grad_out + dens
+                r_out = torch.zeros_like(z) if grad_out is None else grad_out * z
+        for capture in node.captures:
+            capture(r_out)
+        return _apply_rule(node, op, x, z, r_out), None
+
+
+def _apply_rule(node: _Node, op: AffineOp, x: Tensor, z: Tensor, r_out: Tensor) -> Tensor:
+    """Apply ``node``'s rule to the relevance ``r_out`` at the output ``z`` of ``op`` and
+    return the relevance density at the input ``x`` (input layers store their relevance
+    for the model inputs and return 0)."""
+    hook = node.state.relevance_hooks.get(id(node))
+    if hook is not None:
+        r_out = hook(node, r_out)
+    factor, extra = node.rule.propagate(op, x, z, r_out, node.info)
+    if node.info.is_input_layer:
+        relevance = _combine(x, factor, extra)
+        node.state.input_relevance.append((node.input_ref, relevance))
+        return torch.zeros_like(x)
+    if factor is None:
+        return safe_divide(extra, x) if extra is not None else torch.zeros_like(x)
+    if extra is not None:
+        factor = factor + safe_divide(extra, x)
+    return factor
 
 
 def _combine(x: Tensor, factor: Optional[Tensor], extra: Optional[Tensor]) -> Tensor:
@@ -367,19 +434,23 @@ def _combine(x: Tensor, factor: Optional[Tensor], extra: Optional[Tensor]) -> Te
 
 
 class _MergedBatchNorm(torch.autograd.Function):
-    """A batch norm folded into the preceding layer's rule: the backward pass hands the
-    gradient at the BN output straight to that layer (``node.bn_grad``), so relevance
-    also survives where the layer output is exactly 0 but the BN output is not."""
+    """A batch norm that reads the output of a conv/linear layer directly, with
+    ``merge_batchnorm``.  The backward pass hands the gradient at the BN output straight
+    to that layer (``node.bn_grad``) and sends no gradient of its own; the layer's backward
+    then folds the BN into its rule if no other relevance reaches the layer output, and
+    otherwise applies the BN's own rule first (see :class:`_RuleFunction`).  Folding keeps
+    relevance where the layer output is exactly 0 but the BN output is not."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, bn: "AffineOp", node: "_Node") -> Tensor:  # type: ignore[override]
-        ctx.node = node
-        return bn.forward(x, bn.weight, bn.bias)
+    def forward(ctx, x: Tensor, bn_node: "_Node") -> Tensor:  # type: ignore[override]
+        ctx.node = bn_node
+        return bn_node.op.forward(x, bn_node.op.weight, bn_node.op.bias)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        ctx.node.bn_grad = grad  # R at the BN output = grad * z, formed by the layer's rule
-        return None, None, None
+        parent = ctx.node.parent
+        parent.bn_grad = grad if parent.bn_grad is None else parent.bn_grad + grad
+        return None, None
 
 
 class _PassThroughActivation(torch.autograd.Function):
@@ -455,6 +526,11 @@ _SELECTION_OPS = {
 _BILINEAR_OPS = {"__mul__", "__rmul__", "mul", "__imul__", "mul_", "__truediv__", "div",
                  "__itruediv__", "div_", "__div__"}
 _DIVISION_OPS = {"__truediv__", "div", "__itruediv__", "div_", "__div__"}
+# tensors built from an activation's shape, dtype and device only: constants
+_CONSTANT_OPS = {"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
+                 "randint_like", "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "new"}
+# ops whose tensor arguments other than the first give only a shape, dtype or device
+_SHAPE_ONLY_OTHER = {"type_as", "view_as", "reshape_as", "expand_as", "to"}
 _INPLACE_ACT = {"relu_", "leaky_relu_", "hardtanh_", "relu6_", "clamp_", "clamp_min_",
                 "clamp_max_", "clip_"}
 
@@ -495,10 +571,16 @@ class _PropagationMode(TorchFunctionMode):
         return UnsupportedOperationError(f"{self.p.method_name} cannot propagate relevance through {what} "
                                          f"(called in {self._where()}). {advice}")
 
-    def _tag_outputs(self, out: Any, kind: int, producer: Optional[_Node] = None) -> None:
+    def _tag_outputs(self, out: Any, kind: int, producer: Optional[_Node] = None, name: str = "") -> None:
         for t in _iter_tensors(out):
             if t.is_floating_point() or t.is_complex():
-                _set_tag(t, self.token, kind, producer)
+                owner = self.p.param_owner.get(id(t))
+                if owner is not None:
+                    what = f"'{name}'" if name else "an operation"
+                    raise self._unsupported(
+                        f"{what} that writes an activation into the parameter or buffer of module "
+                        f"'{owner[0]}'", "Do not store activations in model parameters or buffers.")
+                _set_tag(t, self.state, kind, producer)
 
     def _derived_kind(self, kinds: List[int], selection: bool) -> int:
         tainted = [k for k in kinds if k]
@@ -518,9 +600,30 @@ class _PropagationMode(TorchFunctionMode):
         if not any(kinds):
             return func(*args, **kwargs)
         name = _fname(func)
+        if name in _CONSTANT_OPS or name in _SHAPE_ONLY_OTHER:
+            # zeros_like(h), h.new_zeros(...): only h's shape / dtype / device are used;
+            # p.type_as(h), p.expand_as(h): the result depends on p only
+            if args:
+                first, rest = args[0], (args[1:], kwargs)
+            else:
+                first = kwargs.get("input", kwargs.get("self"))
+                rest = ({k: v for k, v in kwargs.items() if k not in ("input", "self")},)
+            others = [t for t in _iter_tensors(rest) if _tag_of(t, self.token)]
+            first_kind = _tag_of(first, self.token)
+            if name in _CONSTANT_OPS and not others:
+                return func(*args, **kwargs)
+            if name in _SHAPE_ONLY_OTHER:
+                if not first_kind:
+                    return func(*args, **kwargs)
+                kinds = [first_kind]
         if _writes_in_place(name, kwargs):
             written = kwargs.get("out", args[0] if args else None)
             for t in _iter_tensors(written):
+                owner = self.p.param_owner.get(id(t))
+                if owner is not None:
+                    raise self._unsupported(
+                        f"'{name}' that writes an activation into the parameter or buffer of module "
+                        f"'{owner[0]}'", "Do not store activations in model parameters or buffers.")
                 producer = _producer(t, self.token)
                 if producer is not None:
                     producer.protect(t)
@@ -537,7 +640,22 @@ class _PropagationMode(TorchFunctionMode):
                 name == "threshold" and _get_arg(args, kwargs, 1, "threshold", None) == 0
                 and _get_arg(args, kwargs, 2, "value", None) == 0):
             out = func(*args, **kwargs)
-            self._tag_outputs(out, self._derived_kind(kinds, False))
+            self._tag_outputs(out, self._derived_kind(kinds, False), name=name)
+            return out
+
+        if name in ("maximum", "minimum"):
+            return self._max_with_zero(func, name, args, kwargs)
+
+        if name == "__setitem__":
+            # t[idx] = v is linear in (t, v): autograd sends the gradient of the written
+            # entries to v and that of the others to t (z-rule, as for a selection)
+            dest = args[0]
+            value = args[2] if len(args) > 2 else None
+            value_kind = _tag_of(value, self.token)
+            out = func(*args, **kwargs)
+            # the written tensor is no longer any layer's output (producer cleared)
+            self._tag_outputs(dest, self._derived_kind(kinds, False) if value_kind
+                              else _tag_of(dest, self.token), name=name)
             return out
 
         if name in _LINEAR_OPS:
@@ -563,7 +681,7 @@ class _PropagationMode(TorchFunctionMode):
                         "nearest", "linear", "bilinear", "trilinear", "area", "nearest-exact"):
                 raise self._unsupported(f"'{name}' with a non-linear mode", "Use a linear mode.")
             out = func(*args, **kwargs)
-            self._tag_outputs(out, self._derived_kind(kinds, name in _SELECTION_OPS))
+            self._tag_outputs(out, self._derived_kind(kinds, name in _SELECTION_OPS), name=name)
             return out
 
         out = func(*args, **kwargs)
@@ -586,6 +704,7 @@ class _PropagationMode(TorchFunctionMode):
         if not _tag_of(x, self.token):
             raise self._unsupported(f"'{name}' whose weight depends on the input",
                                     "Only the layer input may carry relevance.")
+        fold_into: Optional[_Node] = None
         if name == "linear":
             weight = _get_arg(args, kwargs, 1, "weight", None)
             bias = _get_arg(args, kwargs, 2, "bias", None)
@@ -610,10 +729,8 @@ class _PropagationMode(TorchFunctionMode):
                 shift = shift + bias.detach()
             op = AffineOp("batchnorm", scale, shift)
             weight = weight if weight is not None else running_var
-            producer = _producer(x, self.token)
-            if (self.p.merge_batchnorm and producer is not None and producer.op.kind != "batchnorm"
-                    and producer.z is None and x.dim() >= 2 and x.shape[1] == scale.shape[0]):
-                return self._merge_bn(x, producer, op, args, kwargs)
+            if self.p.merge_batchnorm:
+                fold_into = self._fold_target(x, scale)
         else:
             weight = _get_arg(args, kwargs, 1, "weight", None)
             bias = _get_arg(args, kwargs, 2, "bias", None)
@@ -635,26 +752,58 @@ class _PropagationMode(TorchFunctionMode):
         mod_name, module = owner
         xkind = _tag_of(x, self.token)
         is_input = xkind == _KIND_INPUT
+        index = fold_into.info.index if fold_into is not None else self.layer_index
         info = LayerInfo(module=module, name=mod_name, kind=op.kind, is_input_layer=is_input,
-                         is_first_layer=xkind in (_KIND_INPUT, _KIND_PRE), index=self.layer_index)
-        self.layer_index += 1
+                         is_first_layer=xkind in (_KIND_INPUT, _KIND_PRE), index=index)
+        if fold_into is None:
+            self.layer_index += 1
         rule = self.p.rule_for(info)
+        problem: Optional[Exception] = None
         if rule is None:
-            raise self._unsupported(f"'{name}'", "The composite returned no rule for this layer.")
-        check = getattr(rule, "check_layer", None)
-        if check is not None:
-            problem = check(info)
-            if problem:
-                raise UnsupportedOperationError(f"Rule {rule!r} on module '{mod_name}': {problem}")
+            problem = self._unsupported(f"'{name}'", "The composite returned no rule for this layer.")
+        else:
+            check = getattr(rule, "check_layer", None)
+            if check is not None:
+                msg = check(info)
+                if msg:
+                    problem = UnsupportedOperationError(f"Rule {rule!r} on module '{mod_name}': {msg}")
+        node = _Node(info=info, op=op, rule=rule, state=self.state)
+        if fold_into is not None:
+            # the batch norm's rule is needed only if folding turns out not to be exact
+            node.problem = problem
+            return self._merge_bn(x, fold_into, node)
+        if problem is not None:
+            raise problem
         if is_input and getattr(rule, "needs_input_layer", False):
             info.input_mask = self._real_input_mask(x)
-        node = _Node(info=info, op=op, rule=rule, state=self.state)
         if is_input:
             node.input_ref = x
         self.state.nodes.append(node)
         out = _RuleFunction.apply(x, node)
-        _set_tag(out, self.token, _KIND_ACT, node)
+        node.out_ref = weakref.ref(out)
+        _set_tag(out, self.state, _KIND_ACT, node)
         return out
+
+    def _fold_target(self, x: Tensor, scale: Tensor) -> Optional[_Node]:
+        """The conv/linear node a batch norm on ``x`` can be folded into, or ``None``.
+
+        Folding needs ``x`` to be that layer's own output (not a view or an in-place
+        modified copy), the layer not to have a batch norm folded in already, and the
+        batch norm's channel axis (dim 1) to be the layer's output-feature axis: always for
+        convolutions, for ``nn.Linear`` only on ``(N, features)`` inputs (on ``(N, L, F)``
+        a ``BatchNorm1d(L)`` normalises ``L``, not the features).  Whether the batch norm
+        is the only consumer of the layer output is known only after the forward pass; the
+        backward pass checks it (see :class:`_RuleFunction`)."""
+        producer = _producer(x, self.token)
+        if producer is None or producer.op.kind == "batchnorm" or producer.merged_op is not None:
+            return None
+        if producer.out_ref is None or producer.out_ref() is not x:
+            return None
+        if x.dim() < 2 or x.shape[1] != scale.shape[0]:
+            return None
+        if producer.op.kind == "linear" and x.dim() != 2:
+            return None
+        return producer
 
     def _real_input_mask(self, x: Tensor) -> Optional[Tensor]:
         """Which entries of an input layer's input are model input values (1) and which are
@@ -684,20 +833,50 @@ class _PropagationMode(TorchFunctionMode):
             return None
         return (mask != 0).to(x.dtype)
 
-    def _merge_bn(self, x, producer: "_Node", bn: AffineOp, args, kwargs):
-        """Batch norm right after a conv/linear: the rule of the producer sees the merged
-        affine map ``scale * (W x + b) + shift`` and the BN passes relevance through."""
+    def _merge_bn(self, x: Tensor, producer: _Node, bn_node: _Node) -> Tensor:
+        """Batch norm right after a conv/linear: if it turns out to be the only consumer of
+        the layer output, the rule of the producer sees the merged affine map
+        ``scale * (W x + b) + shift`` and the BN passes relevance through; otherwise the
+        BN keeps its own rule (``bn_node``), as with ``merge_batchnorm=False``."""
+        bn = bn_node.op
         shape = (-1,) + (1,) * (producer.op.weight.dim() - 1)
         w = producer.op.weight * bn.weight.view(shape)
         b = bn.bias if producer.op.bias is None else producer.op.bias * bn.weight + bn.bias
         merged = AffineOp(producer.op.kind, w, b, **producer.op.conv_kwargs)
         merged.pre_pad = producer.op.pre_pad
-        producer.op = merged
-        out = _MergedBatchNorm.apply(x, bn, producer)
+        producer.merged_op = merged
+        producer.bn = bn_node
+        bn_node.parent = producer
+        out = _MergedBatchNorm.apply(x, bn_node)
         producer.z = out.detach()
         producer.z_version = out._version
-        _set_tag(out, self.token, _KIND_ACT, producer)
+        _set_tag(out, self.state, _KIND_ACT, bn_node)
         return out
+
+    def _max_with_zero(self, func, name, args, kwargs):
+        """``torch.maximum(h, 0)`` / ``torch.minimum(h, 0)`` with a constant all-zero
+        operand: a ReLU-like gate (``f(0) = 0``, piecewise linear and positively
+        homogeneous), so its plain gradient passes relevance exactly.  Anything else
+        (two activations, a non-zero constant) raises."""
+        a = args[0] if args else kwargs.get("input")
+        b = args[1] if len(args) > 1 else kwargs.get("other")
+        ta, tb = _tag_of(a, self.token), _tag_of(b, self.token)
+        const = b if ta else a
+        if "out" not in kwargs and bool(ta) != bool(tb) and isinstance(const, Tensor) \
+                and not bool(const.detach().any()):
+            out = func(*args, **kwargs)
+            self._tag_outputs(out, self._derived_kind([ta or tb], False), name=name)
+            return out
+        if ta and tb:
+            what = "two tensors that both depend on the input"
+        elif "out" in kwargs:
+            what = "an out= tensor"
+        else:
+            what = "an activation and a constant that is not all zero"
+        raise self._unsupported(
+            f"'{name}' of {what}",
+            "Only torch.maximum / torch.minimum with an all-zero constant (a ReLU) has an exact "
+            "rule; use torch.relu or torch.clamp.")
 
     # -- saturating activations (ReLU6, Hardtanh, clamp) --------------------------------
     def _saturating(self, func, name, args, kwargs):
@@ -721,7 +900,7 @@ class _PropagationMode(TorchFunctionMode):
                 f"'{name}' with bounds [{lo}, {hi}] that exclude 0",
                 "Relevance pass-through needs f(0) = 0.")
         out = _PassThroughActivation.apply(x, lambda t: torch.clamp(t, lo, hi))
-        _set_tag(out, self.token, self._derived_kind([_tag_of(x, self.token)], False))
+        _set_tag(out, self.state, self._derived_kind([_tag_of(x, self.token)], False))
         return out
 
 
@@ -746,7 +925,10 @@ class Propagator:
         method_name (str): used in error messages.
         merge_batchnorm (bool): a batch norm applied right after a conv/linear layer is
             folded into that layer's rule (as zennit's canonizers do) instead of being
-            passed through separately.
+            passed through separately, where folding is exact: the batch norm reads the
+            layer output itself along its output-feature axis, and no relevance reaches the
+            layer output by another way (checked in the backward pass; otherwise the batch
+            norm gets its own rule, as without merging).
     """
 
     def __init__(self, model: nn.Module, rule_for: Callable[[LayerInfo], Any], method_name: str = "LRP",
@@ -819,7 +1001,7 @@ class Propagator:
                     if isinstance(inp, Tensor) and inp.is_floating_point():
                         leaf = inp.detach().requires_grad_(True)
                         proxy = leaf.clone()
-                        _set_tag(proxy, state.token, _KIND_INPUT)
+                        _set_tag(proxy, state, _KIND_INPUT)
                         leaves.append(leaf)
                         proxies.append(proxy)
                         state.leaves.append(leaf)
@@ -863,8 +1045,12 @@ class Propagator:
                 if state.input_relevance:
                     refs = [r for r, _ in state.input_relevance]
                     rels = [v for _, v in state.input_relevance]
-                    direct = torch.autograd.grad(refs, grad_inputs, grad_outputs=rels,
-                                                 allow_unused=True)
+                    state.direct_pass = True
+                    try:
+                        direct = torch.autograd.grad(refs, grad_inputs, grad_outputs=rels,
+                                                     allow_unused=True)
+                    finally:
+                        state.direct_pass = False
                     j = 0
                     for i, lf in enumerate(leaves):
                         if lf is None:
@@ -879,17 +1065,31 @@ class Propagator:
             for h in capture_handles:
                 h.remove()
             snapshot.restore()
+            _remove_tags(state)
             state.input_relevance.clear()
             state.nodes.clear()
 
 
 def _register_capture(module: nn.Module, callback: Callable[[Tensor], None], at_input: bool,
                       state: _CallState):
-    """Capture the relevance at a module's output (or input) as ``grad * activation``."""
+    """Capture the relevance at a module's output (or input).
+
+    * The output of a conv/linear layer: the relevance the layer's rule receives
+      (``grad * activation``, or the seed at the output layer).  For a layer with a batch
+      norm folded into it (``merge_batchnorm``) this is the relevance at the output of the
+      folded layer, i.e. at the batch norm output.
+    * Any other tensor: ``grad * activation`` from the backward pass, plus, for a selection
+      of the model input (the input of an input layer), the relevance that input layers
+      return directly, mapped back to it.
+    """
 
     def fwd_hook(mod, args, out):
         t = args[0] if at_input else out
         if not isinstance(t, Tensor) or not t.requires_grad:
+            return
+        producer = _producer(t, state.token)
+        if producer is not None and producer.out_ref is not None and producer.out_ref() is t:
+            producer.captures.append(callback)
             return
         state.bypass = True
         try:
@@ -898,7 +1098,10 @@ def _register_capture(module: nn.Module, callback: Callable[[Tensor], None], at_
             state.bypass = False
 
         def tensor_hook(grad):
-            callback(grad * act)
+            if grad is None or state.bypass:
+                return
+            # in the pass of the input layers' relevance the gradients are relevances
+            callback(grad if state.direct_pass else grad * act)
 
         t.register_hook(tensor_hook)
 

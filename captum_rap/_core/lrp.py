@@ -36,7 +36,12 @@ class LRP(PropagationAttribution):
         merge_batchnorm (bool): fold a batch norm that directly follows a conv/linear layer
             into that layer's rule (the effective affine map ``BN(W x + b)``, as zennit's
             canonizers do); otherwise batch norm layers get their own rule
-            (``PassThrough`` in the presets). Default: True.
+            (``PassThrough`` in the presets).  A batch norm is folded only where that is
+            exact: it reads the layer's output itself (not an in-place modified one), its
+            channel axis is the layer's output-feature axis (a ``Linear`` on ``(N, L, F)``
+            followed by ``BatchNorm1d(L)`` is not folded), and it is the only way relevance
+            leaves the layer (``relu(bn(c) + c)`` is not folded); elsewhere the batch norm
+            keeps its own rule, as with ``False``. Default: True.
         **composite_kwargs: overrides for a preset, e.g. ``epsilon=1e-9``, ``gamma=0.5``,
             ``low=-2.12, high=2.64`` (ZBox bounds, scalars or per-channel tensors).
 
@@ -101,11 +106,19 @@ class LRP(PropagationAttribution):
 class LayerLRP(LRP):
     r"""LRP relevance at the output (or input) of a hidden ``layer``.
 
+    The relevance at a tensor is what the propagation carries there: the relevance that
+    the next layers' rules hand back to it (for a conv/linear layer's output, the relevance
+    its rule redistributes).  At the input of a layer that reads the model input it is the
+    input attribution of :class:`LRP` (the input relevance, not ``relevance * input``).
+    With ``merge_batchnorm=True``, a conv/linear layer whose batch norm is folded into it
+    is one layer ``BN(W x + b)``: the relevance at its output (``layer`` = the conv, or the
+    batch norm's input) is the relevance at the batch norm output.
+
     Args:
         model (nn.Module): the model.
         layer (nn.Module): a submodule of ``model``; if it is called several times, the
             relevances of all calls are summed.
-        composite, **composite_kwargs: as for :class:`LRP`.
+        composite, merge_batchnorm, **composite_kwargs: as for :class:`LRP`.
 
     Examples::
 

@@ -292,6 +292,9 @@ class RAP(PropagationAttribution):
 class LayerRAP(RAP):
     r"""RAP relevance at the output (or input) of a hidden ``layer``.
 
+    At the input of the layer that reads the model input this is the input attribution of
+    :class:`RAP` (the input relevance, not ``relevance * input``).
+
     Args:
         model (nn.Module): the model.
         layer (nn.Module): a submodule of ``model`` (relevances of repeated calls are summed).
