@@ -185,25 +185,25 @@ class CD(Attribution):
             (the results are returned in the input's dtype); an explicit dtype is used as
             given (a failed check then warns), and so is the input's dtype in
             ``reference_compatible`` mode, which keeps the reference's arithmetic.
-        check_precision (bool, optional): for float32 / half computations, compute up
-            to three of the masks per new input (the largest, the smallest and the middle
-            one) in that dtype and in float64 first, and compare.  A difference of more
-            than ``PRECISION_TOLERANCE`` (1e-3) of the largest output switches the
-            automatic dtype to float64 (before the masks are computed) or, for an
-            explicit dtype or in ``reference_compatible`` mode, warns
-            (``RuntimeWarning``, once).  ``precision_error`` keeps the last measured
-            relative error.  Costs those masks in float64 per new input (the ones
-            computed in the dtype of the run are kept as results).  Default: True
+        check_precision (bool, optional): for float32 / half computations, compute the
+            largest and the smallest mask per new input in that dtype and in float64
+            first, and compare.  A difference of more than ``PRECISION_TOLERANCE`` (1e-3)
+            of the largest output switches the automatic dtype to float64 (before the
+            masks are computed) or, for an explicit dtype or in ``reference_compatible``
+            mode, warns (``RuntimeWarning``, once).  ``precision_error`` keeps the last
+            measured relative error.  Costs those two masks in float64 per new input (the
+            ones computed in the dtype of the run are kept as results).  Default: True
         check_batching (bool, optional): before the first forward with several masks,
-            compute up to three distinct masks in one float64 forward and the first of
-            them alone, and compare.  The masks share the batch axis of one forward, so a
-            model that mixes its batch (``x - x.mean()``, ``torch.flatten(x)``,
-            ``x.view(-1)``, ``roll`` without dims: code written for a batch of one) would
-            give each mask the others' contributions; if they differ (more than 1e-6 of
-            the output) or the batched forward fails, this instance computes one mask per
-            forward from then on and warns.  ``batching_error`` keeps the measured
-            difference.  Once per instance (about two masks in float64; the batch is
-            kept as results when the run is in float64).  Default: True
+            compare the first of two distinct masks computed alone with the two computed
+            in one forward (in the dtype of the run).  The masks share the batch axis of
+            one forward, so a model that mixes its batch (``x - x.mean()``,
+            ``torch.flatten(x)``, ``x.view(-1)``, ``roll`` without dims: code written for
+            a batch of one) would give each mask the others' contributions; if they
+            differ (more than 1e-6 of the output in float64, more than the rounding the
+            precision check measured, at least 1e-4, in float32) or the batched forward
+            fails, this instance computes one mask per forward from then on and warns.
+            ``batching_error`` keeps the measured difference.  Once per instance (one
+            mask).  Default: True
 
     Examples::
 
@@ -433,23 +433,24 @@ class CD(Attribution):
         return rel, irr
 
     def _check_indices(self, masks: Tensor) -> list:
-        """Up to three distinct masks: the largest, the smallest and the middle one."""
+        """Up to two distinct masks: the largest and the smallest."""
         K = masks.shape[0]
         flat = masks.reshape(K, -1)
         cover = flat.float().sum(1) if flat.shape[1] else torch.zeros(K)
         picked: list = []
-        for j in (int(cover.argmax()), int(cover.argmin()), K // 2):
+        for j in (int(cover.argmax()), int(cover.argmin())):
             if all(not torch.equal(flat[j], flat[q]) for q in picked):
                 picked.append(j)
         return picked
 
     def _checks(self, inputs, masks, afa, is_tokens, dtype, bs) -> bool:
         """The precision check (once per input) and the batching check (once per
-        instance), sharing their float64 forwards.  Returns False when the precision
-        check failed (warns when the dtype was given explicitly); sets ``_unbatched``
-        (and warns) when the batching check failed."""
+        instance).  Returns False when the precision check failed (warns when the dtype
+        was given explicitly); sets ``_unbatched`` (and warns) when the batching check
+        failed.  The masks they compute are kept in ``_reusable`` (results dtype ->
+        (indices, rel, irr))."""
         K = masks.shape[0]
-        self._reusable = {}  # results dtype -> (indices, rel, irr) of masks the checks computed
+        self._reusable = {}
         low = dtype if dtype is not None else _model_dtype(self.model, inputs)
         key = (inputs.data_ptr(), inputs._version, tuple(inputs.shape), str(inputs.device))
         need_prec = (self.check_precision and K > 0 and key not in self._precision_checked
@@ -458,57 +459,77 @@ class CD(Attribution):
         if not (need_prec or need_batch):
             return True
         idx = self._check_indices(masks)
+        if need_batch and len(idx) < 2:
+            self.batching_error = 0.0  # one distinct mask: nothing to mix
+            need_batch = False
         sub = masks[idx]
-        run64 = None
-        if need_batch and len(idx) > 1:
-            fail = None
-            try:
-                run64 = self._run(inputs, sub, len(idx), afa, is_tokens, torch.float64, warn=False, check=True)
-            except UnsupportedOperationError:
+
+        def run(m, n, dt):
+            return self._run(inputs, m, n, afa, is_tokens, dt, warn=False, check=True)
+
+        batch_fail = None
+        first = None  # the masks in the run's dtype, batched
+        try:
+            first = run(sub, len(idx), dtype)
+        except UnsupportedOperationError:
+            raise
+        except RuntimeError as e:  # e.g. a model that only runs on a batch of one
+            if not need_batch:
                 raise
-            except RuntimeError as e:  # e.g. a model that only runs on a batch of one
-                fail = e
-            one = self._run(inputs, sub[:1], 1, afa, is_tokens, torch.float64, warn=False, check=True)
-            if fail is None:
-                scale = float((one[0] + one[1]).abs().max())
-                self.batching_error = float((run64[0][:1] - one[0]).abs().max()) / max(scale, 1e-30)
+            batch_fail = e
+        ok = True
+        if need_prec:
+            self._precision_checked.add(key)
+            n = len(idx) if batch_fail is None else 1
+            m = sub if batch_fail is None else sub[:1]
+            r64, i64 = run(m, n, torch.float64)
+            if batch_fail is None:
+                self._reusable[first[0].dtype] = (idx, first[0], first[1])
+                self._reusable[torch.float64] = (idx, r64, i64)
+                low_rel = first[0]
             else:
+                low_rel = run(m, 1, dtype)[0]
+                self._reusable[torch.float64] = (idx[:1], r64, i64)
+            scale = float((r64 + i64).abs().max())
+            err = float((low_rel.double() - r64).abs().max())
+            self.precision_error = err / max(scale, 1e-30)
+            ok = self.precision_error <= self.PRECISION_TOLERANCE
+            if not ok:
+                self._warn_precision(low_rel.dtype, err, scale)
+        elif batch_fail is None:
+            self._reusable[first[0].dtype] = (idx, first[0], first[1])
+        if need_batch:
+            # the first mask alone, in the dtype of the run (float64 once the precision
+            # check failed): differences of the batched result above the rounding of that
+            # dtype mean that the masks of one forward mix
+            run_dt = torch.float64 if (not ok and self.dtype is None and not self.reference_compatible) else dtype
+            one = run(sub[:1], 1, run_dt)
+            if batch_fail is not None:
                 self.batching_error = float("inf")
-            if self.batching_error > 1e-6:
+            else:
+                batched = self._reusable.get(one[0].dtype)
+                ref = batched[1][:1] if batched is not None else run(sub, len(idx), run_dt)[0][:1]
+                scale = float((one[0] + one[1]).abs().max())
+                self.batching_error = float((ref - one[0]).abs().max()) / max(scale, 1e-30)
+            tol = 1e-6 if one[0].dtype == torch.float64 else max(10 * (self.precision_error or 0.0), 1e-4)
+            if self.batching_error > tol:
                 self._unbatched = True
-                run64 = one
-                idx, sub = idx[:1], sub[:1]
+                self._reusable = {one[0].dtype: (idx[:1], one[0], one[1])}
                 warnings.warn(
                     "CD: the model %s when several masks share a forward (difference %.3g of the "
                     "output): it mixes or reshapes the batch axis (e.g. x - x.mean(), "
                     "torch.flatten(x), x.view(-1)), or a tensor in additional_forward_args has "
                     "its batch axis elsewhere than batch_dim (e.g. h0 of a batch_first LSTM). "
                     "Computing one mask per forward from now on (slower, correct)."
-                    % ("fails (%s: %s)" % (type(fail).__name__, str(fail).splitlines()[0])
-                       if fail is not None else "gives different results", self.batching_error),
+                    % ("fails (%s: %s)" % (type(batch_fail).__name__, str(batch_fail).splitlines()[0])
+                       if batch_fail is not None else "gives different results", self.batching_error),
                     RuntimeWarning, stacklevel=4)
-        elif need_batch:
-            self.batching_error = 0.0  # one distinct mask: nothing to mix
-        if run64 is not None:
-            self._reusable[torch.float64] = (idx, run64[0], run64[1])
-        if not need_prec:
-            return True
-        self._precision_checked.add(key)
-        n = 1 if self._unbatched else len(idx)
-        rel, irr = self._run(inputs, sub, n, afa, is_tokens, dtype, warn=False, check=True)
-        self._reusable[rel.dtype] = (idx, rel, irr)
-        if run64 is None:
-            run64 = self._run(inputs, sub, n, afa, is_tokens, torch.float64, warn=False, check=True)
-            self._reusable[torch.float64] = (idx, run64[0], run64[1])
-        r64, i64 = run64
-        scale = float((r64 + i64).abs().max())
-        err = float((rel.double() - r64).abs().max())
-        self.precision_error = err / max(scale, 1e-30)
-        if self.precision_error <= self.PRECISION_TOLERANCE:
-            return True
+        return ok
+
+    def _warn_precision(self, low_dtype, err, scale) -> None:
         if (self.dtype is not None or self.reference_compatible) and not self._precision_warned:
             self._precision_warned = True
-            name = str(rel.dtype).replace("torch.", "")
+            name = str(low_dtype).replace("torch.", "")
             warnings.warn(
                 "CD: the decomposition is ill-conditioned for this model and input in %s: "
                 "computed in float64, the scores differ by %.3g (%.2g of the largest output, %.3g). "
@@ -516,8 +537,7 @@ class CD(Attribution):
                 "large biases / batch-norm shifts; the %s scores are not reliable. Use "
                 "dtype=torch.float64 (the model is not changed), or the default mode with "
                 "dtype=None (automatic)."
-                % (name, err, self.precision_error, scale, name), RuntimeWarning, stacklevel=4)
-        return False
+                % (name, err, self.precision_error, scale, name), RuntimeWarning, stacklevel=5)
 
     # ------------------------------------------------------------------------------
     @log_usage()
