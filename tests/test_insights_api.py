@@ -516,3 +516,12 @@ def test_demo_visualizer_on_lite0():
     methods = client.get("/api/methods").get_json()["methods"]
     acd = {a["name"]: a for a in [m for m in methods if m["name"] == "ACD"][0]["args"]}
     assert acd["sweep_dim"]["min"] >= 14  # at most 16 x 16 blocks on 224 px
+
+
+def test_huge_numbers_and_deep_json_are_4xx(client):
+    resp = _post(client, "/api/attribute", {"view": "img", "method": "RAP", "examples": [0],
+                                             "args": {"stabilizer": 10 ** 400}})
+    assert resp.status_code == 400 and "finite" in resp.get_json()["error"]
+    body = '{"view": "img", "method": "RAP", "examples": [0], "args": ' + "[" * 2000 + "]" * 2000 + "}"
+    resp = client.post("/api/attribute", data=body, content_type="application/json")
+    assert resp.status_code == 400 and "malformed" in resp.get_json()["error"]

@@ -109,8 +109,13 @@ class ArgSpec:
         if self.kind == "int":
             if not isinstance(value, int):
                 raise RequestError(f"{where} must be an integer, got {_show(value)}", field=self.name)
-        elif not math.isfinite(float(value)):
-            raise RequestError(f"{where} must be finite, got {_show(value)}", field=self.name)
+        else:
+            try:
+                finite = math.isfinite(float(value))
+            except OverflowError:  # an integer too large for a float
+                finite = False
+            if not finite:
+                raise RequestError(f"{where} must be finite, got {_show(value)}", field=self.name)
         if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
             raise RequestError(f"{where} must lie in [{self.minimum}, {self.maximum}], got {value}",
                                field=self.name)

@@ -147,6 +147,8 @@ def create_app(views: Views, local_only: bool = True):
             data = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise RequestError(f"malformed JSON body: {exc}") from None
+        except RecursionError:
+            raise RequestError("malformed JSON body: nested too deeply") from None
         if not isinstance(data, dict):
             raise RequestError("the JSON body must be an object")
         for k in data:
