@@ -337,12 +337,15 @@ def _dispatch(func, args, kwargs):
     if kwargs.get("out") is not None:
         raise UnsupportedOperationError(
             "CD: `%s` with out= in %s writes into a plain tensor; use the returned value" % (name, _where()))
-    # token ids
-    if any(isinstance(a, TokenCDTensor) for a in _iter_args(args, kwargs)):
-        return _token_dispatch(func, name, args, kwargs)
+    # one pass over the arguments: token ids, and tensors made stale by an in-place op
+    stale = None
     for a in _iter_args(args, kwargs):
-        if _is_cd(a) and a._ver != a._fam[0]:
-            raise UnsupportedOperationError(
+        if isinstance(a, TokenCDTensor):
+            return _token_dispatch(func, name, args, kwargs)
+        if stale is None and _is_cd(a) and a._ver != a._fam[0]:
+            stale = a
+    if stale is not None:
+        raise UnsupportedOperationError(
                 "CD: `%s` in %s reads a tensor after an in-place operation changed another view "
                 "of its data (e.g. `flat = h.view(n, -1)` then `relu_(h)`, or an in-place op on "
                 "`h.flatten(1)` and then `h`). Decomposed tensors do not share storage with their "
