@@ -11,6 +11,8 @@ import torch.nn as nn
 
 from captum_rap._core.acd import ACD, ACDHierarchy
 
+from _acd_reference import acd_reference
+
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
@@ -66,7 +68,12 @@ def image_acd():
         x, target=d["label"], sweep_dim=a["sweep_dim"], percentile_include=a["percentile_include"],
         num_iters=a["num_iters"])
     assert _unchanged(before, _state(m))
-    return h, d, m, x
+    # the official acd's own procedure and CD, run on this torch build (see _acd_reference)
+    with acd_reference() as ref:
+        here = ref.agg_2d.agglomerate(m, None, a["percentile_include"], "cd", a["sweep_dim"],
+                                      np.zeros(x.shape[-2:]), d["label"], num_iters=a["num_iters"],
+                                      im_torch=x, model_type=None, device="cpu")
+    return h, d, m, x, here
 
 
 @pytest.fixture(scope="module")
@@ -90,30 +97,59 @@ def _close(a, b, tol=1e-8):
     return np.array_equal(np.isnan(a), np.isnan(b)) and np.nanmax(np.abs(a - b) / scale, initial=0) <= tol
 
 
-def test_image_hierarchy_identical_to_reference(image_acd):
-    h, d, m, x = image_acd
-    ref = d["acd2d"]["lists"]
-    raw = h.raw
-    assert len(raw["comps_list"]) == len(ref["comps_list"]) == d["acd2d"].get("levels", len(ref["comps_list"]))
-    assert raw["num_before_final"] == ref["num_before_final"]
-    for lev, (a, b) in enumerate(zip(raw["comps_list"], ref["comps_list"])):
-        assert np.array_equal(a, b), "level %d groups differ" % lev
-    for a, b in zip(raw["im_thresh_list"], ref["im_thresh_list"]):
-        assert np.array_equal(a, b)
-    for a, b in zip(raw["scores_list"], ref["scores_list"]):
-        assert _close(a, b)
+def _lists_distance(raw, ref):
+    """``(same_groups, score_distance)`` of two ACD-2D result dicts: whether every level's
+    groups, thresholds and before-final count are identical, and the largest score
+    difference relative to the largest score of ``ref`` (inf when they cannot be compared)."""
+    same = (len(raw["comps_list"]) == len(ref["comps_list"])
+            and raw["num_before_final"] == ref["num_before_final"]
+            and all(np.array_equal(a, b) for a, b in zip(raw["comps_list"], ref["comps_list"]))
+            and all(np.array_equal(a, b) for a, b in zip(raw["im_thresh_list"], ref["im_thresh_list"])))
+    if not same:
+        return False, float("inf")
+    pairs = list(zip(raw["scores_list"], ref["scores_list"]))
     for a, b in zip(raw["comp_scores_raw_list"], ref["comp_scores_raw_list"]):
-        assert set(int(k) for k in a) == set(int(k) for k in b)
-        for k in b:
-            assert _close(a[int(k)], b[k])
-    assert len(raw["comp_scores_raw_combined_list"]) == len(ref["comp_scores_raw_combined_list"])
-    for a, b in zip(raw["comp_scores_raw_combined_list"], ref["comp_scores_raw_combined_list"]):
-        assert _close(a, b)
-    assert _close(raw["scores_orig_raw"], ref["scores_orig_raw"])
+        if set(int(k) for k in a) != set(int(k) for k in b):
+            return False, float("inf")
+        pairs += [(a[int(k)], b[k]) for k in b]
+    if len(raw["comp_scores_raw_combined_list"]) != len(ref["comp_scores_raw_combined_list"]):
+        return False, float("inf")
+    pairs += list(zip(raw["comp_scores_raw_combined_list"], ref["comp_scores_raw_combined_list"]))
+    pairs.append((raw["scores_orig_raw"], ref["scores_orig_raw"]))
+    dist = 0.0
+    for a, b in pairs:
+        a = np.asarray(a, dtype=float)
+        b = np.asarray(b, dtype=float)
+        if not np.array_equal(np.isnan(a), np.isnan(b)):
+            return True, float("inf")
+        scale = max(1e-300, np.nanmax(np.abs(b))) if np.isfinite(b).any() else 1.0
+        dist = max(dist, float(np.nanmax(np.abs(a - b) / scale, initial=0)))
+    return True, dist
+
+
+def test_image_hierarchy_identical_to_reference(image_acd):
+    """The same hierarchy as the official acd's ``agglomerate`` run on this torch build:
+    identical groups and thresholds at every level, every score within 1e-8.  Against the
+    stored fixture (made on another build) we are exactly as close as that reference run:
+    the digits' exact max-pool ties are broken by the reference's rounding noise, which
+    moves its unit scores by ~0.1 of their maximum between builds (measured on torch
+    2.14.1; the groups stayed the same)."""
+    h, d, m, x, here = image_acd
+    raw = h.raw
+    assert len(raw["comps_list"]) == d["acd2d"].get("levels", len(d["acd2d"]["lists"]["comps_list"]))
+    same, dist = _lists_distance(raw, here)
+    assert same and dist <= 1e-8, dist
+    stored = d["acd2d"]["lists"]
+    ref_same, ref_dist = _lists_distance(here, stored)
+    ours_same, ours_dist = _lists_distance(raw, stored)
+    print("ACD small CNN: reference on this build vs stored fixture: same groups %s, scores %.3g"
+          % (ref_same, ref_dist))
+    assert ours_same == ref_same
+    assert ours_dist <= ref_dist + 1e-8
 
 
 def test_image_acd_cd_evaluations(image_acd):
-    h, d, m, x = image_acd
+    h, d, m, x, _ = image_acd
     ref_calls = d["acd2d"]["cd_calls"]
     print("ACD small CNN: %d CD evaluations (reference: %d, ratio %.2f; 785 of them are the "
           "unit scores of the 28x28 grid)" % (h.cd_evaluations, ref_calls, h.cd_evaluations / ref_calls))
@@ -166,13 +202,14 @@ def test_hierarchy_object_walk_json_map_plot(image_acd, text_acd, tmp_path):
         assert js["kind"] == h.kind and len(js["levels"]) == len(h)
         fig = h.plot(image_acd[3][0] if h.kind == "image" else None)
         fig.savefig(tmp_path / ("%s.png" % h.kind))
-    hi, d, m, x = image_acd
+    hi, d, m, x, here = image_acd
     amap = hi.attribution_map(level=3)
     assert amap.shape == x.shape
     g = hi.groups(3)[0]
     assert torch.allclose(amap[0, 0][torch.from_numpy(g.mask)], torch.tensor(g.score, dtype=amap.dtype))
     unit = hi.attribution_map()
-    assert np.allclose(unit[0, 0].numpy().ravel(), d["acd2d"]["lists"]["scores_orig_raw"][:, d["label"]])
+    assert np.allclose(unit[0, 0].numpy().ravel(), here["scores_orig_raw"][:, d["label"]], rtol=0,
+                       atol=1e-8 * np.abs(here["scores_orig_raw"]).max())
     ht = text_acd[0]
     assert ht.attribution_map().shape == text_acd[3].shape
     assert ht.words == text_acd[1]["words"]
@@ -297,7 +334,7 @@ def test_deferred_evaluations_leave_the_hierarchy_and_lists_unchanged():
 
 
 def test_hierarchy_defers_raw_entries(image_acd):
-    h, d, m, x = image_acd
+    h, d, m, x, _ = image_acd
     assert h.deferred_evaluations > 0  # image_acd's tests read h.raw (completing it)
     assert h.cd_evaluations + h.deferred_evaluations <= h.reference_cd_calls
 

@@ -37,6 +37,13 @@ def _fixture_model(arch: str, dtype: torch.dtype) -> nn.Module:
 
 FIXTURE_CASES = [("vgg16", "chelsea"), ("vgg16", "smooth0"), ("resnet50", "chelsea"), ("resnet50", "smooth0")]
 
+# Tolerances (of max|R|) from the measured float64 reproducibility of RAP itself, ten times
+# above it.  ResNet50: multiplying the input by (1 + 1e-15 * noise) moves the map by up to
+# 9e-9, another summation order (1 vs 2 threads, batch of 2 vs 1) by up to 4.5e-9; the
+# official code run on another torch build lands 1.5e-8 away.  VGG16: all of these are
+# below 3e-15.
+FIXTURE_TOL = {"vgg16": 1e-10, "resnet50": 1e-7}
+
 
 @pytest.mark.parametrize("arch,image", FIXTURE_CASES)
 def test_matches_reference_fixture_float64(arch, image):
@@ -47,7 +54,7 @@ def test_matches_reference_fixture_float64(arch, image):
     attr, delta = RAP(model).attribute(data["x"], return_convergence_delta=True)  # target None
     ref = data["rap"]
     assert attr.shape == ref.shape
-    assert rel_err(attr, ref) < 1e-8
+    assert rel_err(attr, ref) < FIXTURE_TOL[arch]
     logit = float(data["logits"][0, int(data["target"][0])])
     assert abs(float(attr.sum()) - logit) < 1e-6 * abs(logit)
     assert abs(float(delta)) < 1e-6 * abs(logit)
