@@ -10,7 +10,8 @@ from ._core.rap import RAP, LayerRAP
 from ._core.cd import CD
 from ._core.acd import ACD, ACDHierarchy
 from ._core.sglrp import SGLRP
-from ._engine import UnsupportedOperationError
+from ._engine import UnsupportedOperationError, supported_operations
+from ._engine.optable import register_elementwise_module
 from .composites import Composite, get_composite
 from . import metrics  # noqa: F401  (captum_rap.metrics: region_perturbation, relevance_distribution)
 
@@ -29,4 +30,6 @@ __all__ = [
     "Composite",
     "get_composite",
     "UnsupportedOperationError",
+    "supported_operations",
+    "register_elementwise_module",
 ]

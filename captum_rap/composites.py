@@ -4,20 +4,41 @@ A composite maps a :class:`~captum_rap._engine.LayerInfo` (layer kind, whether i
 the model input, its module) to a rule.  A rule attached by the user with
 ``module.rule = ...`` always wins over the composite and is never removed.
 
-Presets (``Conv`` = any convolution, ``Dense`` = ``nn.Linear``, ``BN`` = batch norm):
+Presets (``Conv`` = any convolution, ``Dense`` = ``nn.Linear`` and other products with a
+parameter, ``Norm`` = the affine part of batch, layer, group, instance and RMS norms):
 
-================================  ============  =============  =================  ===========
-preset                            first layer   Conv           Dense              BN
-================================  ============  =============  =================  ===========
-``"epsilon"``                     Epsilon       Epsilon        Epsilon            PassThrough
-``"epsilon_plus"``                ZPlus         ZPlus          Epsilon            PassThrough
-``"epsilon_plus_flat"``           Flat          ZPlus          Epsilon            PassThrough
-``"epsilon_gamma_box"``           ZBox          Gamma(0.25)    Epsilon            PassThrough
-``"epsilon_alpha2_beta1"``        AlphaBeta     AlphaBeta(2,1) Epsilon            PassThrough
-``"epsilon_alpha2_beta1_flat"``   Flat          AlphaBeta(2,1) Epsilon            PassThrough
-``"zplus"``                       ZPlus         ZPlus          ZPlus              PassThrough
-``"zplus_box"``                   ZBox          ZPlus          ZPlus              PassThrough
-================================  ============  =============  =================  ===========
+================================  ============  =============  ===========  ===========  ========  =========
+preset                            first layer   Conv           Dense        Norm         products  softmax
+================================  ============  =============  ===========  ===========  ========  =========
+``"epsilon"``                     Epsilon       Epsilon        Epsilon      PassThrough  Uniform   AttnLRP
+``"epsilon_plus"``                ZPlus         ZPlus          Epsilon      PassThrough  Uniform   AttnLRP
+``"epsilon_plus_flat"``           Flat          ZPlus          Epsilon      PassThrough  Uniform   AttnLRP
+``"epsilon_gamma_box"``           ZBox          Gamma(0.25)    Epsilon      PassThrough  Uniform   AttnLRP
+``"epsilon_alpha2_beta1"``        AlphaBeta     AlphaBeta(2,1) Epsilon      PassThrough  Uniform   AttnLRP
+``"epsilon_alpha2_beta1_flat"``   Flat          AlphaBeta(2,1) Epsilon      PassThrough  Uniform   AttnLRP
+``"zplus"``                       ZPlus         ZPlus          ZPlus        PassThrough  Uniform   AttnLRP
+``"zplus_box"``                   ZBox          ZPlus          ZPlus        PassThrough  Uniform   AttnLRP
+``"attnlrp"``                     Epsilon       Epsilon        Epsilon      Epsilon      Uniform   AttnLRP
+``"cp_lrp"``                      Epsilon       Epsilon        Epsilon      Epsilon      SignalTA  constant
+================================  ============  =============  ===========  ===========  ========  =========
+
+Every preset treats the parameter-free operations of the engine's table the same way
+(``captum_rap.supported_operations()``): element-wise non-linearities (SiLU, GELU, tanh,
+sigmoid, ...) pass relevance unchanged (identity rule); normalisations divide by their
+standard deviation as a constant and center linearly; attention is written out as
+projections, products and a softmax.  They differ only where the table names a rule:
+
+* products of two relevance-carrying tensors (SE gates, GLU, attention ``q kᵀ`` and
+  ``attn @ v``): :class:`~captum_rap.rules.Uniform` (half each, AttnLRP) everywhere except
+  ``cp_lrp``, which uses :class:`~captum_rap.rules.SignalTakeAll` (nothing to gates);
+* softmax: AttnLRP's rule (:class:`~captum_rap.rules.AttnLRPSoftmax`) everywhere except
+  ``cp_lrp``, whose attention weights are constants (:class:`~captum_rap.rules.ConstantSoftmax`).
+
+``"attnlrp"`` is AttnLRP (Achtibat et al., ICML 2024) as LXT computes it: epsilon on every
+affine layer, including the affine part of layer norms (whose bias takes its share, as the
+plain gradient gives it), with ``epsilon=1e-12`` by default (LXT's gradient x input is
+LRP-0; a larger epsilon such as ``1e-6`` gives smoother maps and moves them away from LXT's).  ``"cp_lrp"`` is CP-LRP (Ali et al., ICML 2022) as LXT's patch of
+torchvision's ViT computes it: attention weights and gates are constants.
 
 "First layer" means a layer that reads the model input (see ``LayerInfo.is_input_layer``);
 if the first affine layer of a model sits behind a non-selection operation (e.g. an
@@ -35,8 +56,8 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Optional, Union
 
 from ._engine import LayerInfo
-from .rules import (AlphaBeta, Epsilon, Flat, Gamma, PassThrough, RelevanceFilter, Rule, ZBox, ZPlus,
-                    from_captum_rule)
+from .rules import (AlphaBeta, AttnLRPSoftmax, ConstantSoftmax, Epsilon, Flat, Gamma, PassThrough,
+                    RelevanceFilter, Rule, SignalTakeAll, Uniform, ZBox, ZPlus, from_captum_rule)
 
 __all__ = ["Composite", "PRESETS", "get_composite", "with_relevance_filter", "FilteredComposite"]
 
@@ -49,8 +70,14 @@ class Composite:
             ``dense``).
         conv (callable): rule factory for convolutions.
         dense (callable): rule factory for ``nn.Linear``.
-        norm (callable): rule factory for batch norm layers.
+        norm (callable): rule factory for the affine part of normalisations (batch, layer,
+            group, instance, RMS norm).
         name (str): preset name, for ``repr``.
+        product (callable): factory of the rule for products of relevance-carrying tensors
+            (:class:`~captum_rap.rules.Uniform` or :class:`~captum_rap.rules.SignalTakeAll`).
+        softmax (callable): factory of the softmax rule
+            (:class:`~captum_rap.rules.AttnLRPSoftmax` or
+            :class:`~captum_rap.rules.ConstantSoftmax`).
 
     A factory is called once per layer call; stateless rules can be shared.
 
@@ -67,11 +94,15 @@ class Composite:
         norm: Callable[[], Any] = PassThrough,
         first: Optional[Callable[[], Any]] = None,
         name: str = "custom",
+        product: Callable[[], Any] = Uniform,
+        softmax: Callable[[], Any] = AttnLRPSoftmax,
     ) -> None:
         self._first = first() if first is not None else None
         self._conv = conv()
         self._dense = dense()
         self._norm = norm()
+        self._product = product()
+        self._softmax = softmax()
         self.name = name
 
     def rule_for(self, info: LayerInfo) -> Any:
@@ -80,17 +111,23 @@ class Composite:
         user_rule = getattr(info.module, "rule", None) if info.module is not None else None
         if user_rule is not None:
             return from_captum_rule(user_rule)
-        if info.kind == "batchnorm":
+        if info.is_norm:
             return self._norm
-        if self._first is not None and info.is_input_layer and info.kind != "batchnorm":
+        if self._first is not None and info.is_input_layer:
             return self._first
         if info.kind == "linear":
             return self._dense
         return self._conv
 
+    def op_rule(self, kind: str) -> Any:
+        """The rule for a parameter-free operation of the engine's table: ``"product"``
+        or ``"softmax"``."""
+        return {"product": self._product, "softmax": self._softmax}.get(kind)
+
     def __repr__(self) -> str:
         return (f"Composite(name={self.name!r}, first={self._first!r}, conv={self._conv!r}, "
-                f"dense={self._dense!r}, norm={self._norm!r})")
+                f"dense={self._dense!r}, norm={self._norm!r}, product={self._product!r}, "
+                f"softmax={self._softmax!r})")
 
     @property
     def linear_in_relevance(self) -> bool:
@@ -137,6 +174,17 @@ def _zplus_box(stabilizer=1e-9, bias=False, low=None, high=None, **_):
                      first=lambda: ZBox(low, high, stabilizer), name="zplus_box")
 
 
+def _attnlrp(epsilon=1e-12, **_):
+    return Composite(conv=lambda: Epsilon(epsilon), dense=lambda: Epsilon(epsilon),
+                     norm=lambda: Epsilon(epsilon), name="attnlrp")
+
+
+def _cp_lrp(epsilon=1e-12, **_):
+    return Composite(conv=lambda: Epsilon(epsilon), dense=lambda: Epsilon(epsilon),
+                     norm=lambda: Epsilon(epsilon), product=SignalTakeAll, softmax=ConstantSoftmax,
+                     name="cp_lrp")
+
+
 PRESETS: Dict[str, Callable[..., Composite]] = {
     "epsilon": _epsilon,
     "epsilon_plus": _epsilon_plus,
@@ -146,6 +194,8 @@ PRESETS: Dict[str, Callable[..., Composite]] = {
     "epsilon_alpha2_beta1_flat": _epsilon_alpha2_beta1_flat,
     "zplus": _zplus,
     "zplus_box": _zplus_box,
+    "attnlrp": _attnlrp,
+    "cp_lrp": _cp_lrp,
 }
 
 
@@ -202,7 +252,7 @@ class FilteredComposite(Composite):
 
     def rule_for(self, info: LayerInfo) -> Any:
         rule = self.base.rule_for(info)
-        if rule is None or info.kind == "batchnorm" or isinstance(rule, RelevanceFilter):
+        if rule is None or info.is_norm or isinstance(rule, RelevanceFilter):
             return rule
         if self.layers is not None and not self.layers(info):
             return rule
@@ -216,6 +266,9 @@ class FilteredComposite(Composite):
     @property
     def linear_in_relevance(self) -> bool:
         return False
+
+    def op_rule(self, kind: str) -> Any:
+        return self.base.op_rule(kind)
 
     def __repr__(self) -> str:
         return f"FilteredComposite({self.base!r}, {self.template!r})"

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ._compat import CaptumIdentityRule, PropagationRule
-from ._engine import AffineOp, LayerInfo, safe_divide, stabilize
+from ._engine import AffineOp, LayerInfo, per_example, safe_divide, stabilize
 
 __all__ = [
     "Rule",
@@ -43,6 +43,11 @@ __all__ = [
     "WSquareRule",
     "IdentityRule",
     "RelevanceFilter",
+    "OperationRule",
+    "Uniform",
+    "SignalTakeAll",
+    "AttnLRPSoftmax",
+    "ConstantSoftmax",
 ]
 
 _PropagateResult = Tuple[Optional[Tensor], Optional[Tensor]]
@@ -349,12 +354,9 @@ class ZBox(Rule):
         self.STABILITY_FACTOR = epsilon
 
     @staticmethod
-    def _bound(bound: BoundType, x: Tensor, reduce) -> Tensor:
-        if bound is None:
-            per_sample = reduce(x.detach().flatten(1), dim=1)
-            if isinstance(per_sample, tuple):
-                per_sample = per_sample[0]
-            return per_sample.view((-1,) + (1,) * (x.dim() - 1)).expand_as(x)
+    def _bound(bound: BoundType, x: Tensor, op: str, axis: Optional[int] = 0) -> Tensor:
+        if bound is None:  # per example: min / max over every axis but the batch axis
+            return per_example(x.detach(), axis, op).expand_as(x)
         if isinstance(bound, Tensor):
             return bound.to(device=x.device, dtype=x.dtype).expand_as(x)
         return torch.full_like(x, float(bound))
@@ -362,8 +364,9 @@ class ZBox(Rule):
     def propagate(self, op, x, z, relevance, info):
         w = op.weight
         wp, wn = w.clamp(min=0), w.clamp(max=0)
-        low = self._bound(self.low, x, torch.min)
-        high = self._bound(self.high, x, torch.max)
+        axis = info.example_axis("ZBox") if self.low is None or self.high is None else 0
+        low = self._bound(self.low, x, "min", axis)
+        high = self._bound(self.high, x, "max", axis)
         if info.input_mask is not None:  # zero padding before the layer is not a bounded input
             low, high = low * info.input_mask, high * info.input_mask
         zz = op.forward(x, w, None) - op.forward(low, wp, None) - op.forward(high, wn, None)
@@ -429,12 +432,88 @@ class PassThrough(Rule, CaptumIdentityRule):
         pass
 
     def check_layer(self, info: LayerInfo) -> Optional[str]:
-        if info.kind != "batchnorm":
-            return "PassThrough needs a layer whose input and output have the same shape (batch norm)."
+        if not info.is_norm:
+            return ("PassThrough needs a layer whose input and output have the same shape (the affine "
+                    "part of a batch, layer, group, instance or RMS norm).")
         return None
 
     def propagate(self, op, x, z, relevance, info):
         return None, relevance
+
+
+# Operation rules ------------------------------------------------------------------------
+#
+# Products of two relevance-carrying tensors and softmax have no parameters, so they are not
+# layers with an AffineOp; the engine treats them where it sees them (see
+# captum_rap._engine.optable) and asks the method's composite which of these rules to use.
+
+
+class OperationRule:
+    """Base of the rules for parameter-free operations of the operation table (products,
+    softmax).  ``kind`` names the table entry the rule is for."""
+
+    kind: str = ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Uniform(OperationRule):
+    r"""Uniform rule for products of relevance-carrying tensors (AttnLRP, Achtibat et al.,
+    ICML 2024, eq. 7): in ``y = a ⊙ b`` (or ``a @ b``, ``einsum`` of ``k`` such factors) each
+    factor receives an equal share ``R / k`` of the relevance of each product term; within
+    a sum (matmul, einsum) the terms are weighted by their contributions (z-rule).
+    Conserves relevance.
+
+    Element-wise activations written as products (``x * sigmoid(x)``, GELU spelled out) get
+    the same total as the identity rule: all shares end at the same input element.
+    """
+
+    kind = "product"
+
+    def weights(self, gates: list) -> list:
+        """Share of each relevance-carrying factor (``gates[i]``: factor ``i`` is a gate)."""
+        return [1.0 / len(gates)] * len(gates)
+
+
+class SignalTakeAll(OperationRule):
+    r"""Signal-take-all for gated products (Arras et al., 2017, LRP for LSTMs; the gate
+    treatment of CP-LRP): in a product of a *gate* (the output of ``sigmoid``,
+    ``hardsigmoid`` or ``softmax``, or a selection of one) with other factors, the gate is a
+    constant and the other factors share the relevance (all of it for one signal).  SE
+    blocks (``x * sigmoid(fc(pool(x)))``), GLUs and attention ``softmax(q kᵀ) @ v`` give all
+    relevance to the signal.  A product with no gate, or of gates only, uses the uniform
+    rule.
+    """
+
+    kind = "product"
+
+    def weights(self, gates: list) -> list:
+        signals = [not g for g in gates]
+        k = sum(signals)
+        if k == 0 or k == len(gates):
+            return [1.0 / len(gates)] * len(gates)
+        return [1.0 / k if s else 0.0 for s in signals]
+
+
+class AttnLRPSoftmax(OperationRule):
+    r"""AttnLRP's softmax rule (Achtibat et al., ICML 2024): for ``s = softmax(x)``,
+    ``R_in_i = x_i (R_i − s_i Σ_j R_j)`` (a first-order Taylor decomposition at 0 whose
+    bias term is not redistributed; it does not conserve relevance).  In the engine this is
+    the plain gradient of the softmax times its input, so it needs no code of its own."""
+
+    kind = "softmax"
+    constant = False
+
+
+class ConstantSoftmax(OperationRule):
+    r"""CP-LRP's treatment of attention (Ali et al., ICML 2022, "XAI for transformers: better
+    explanations through conservative propagation"): softmax outputs (the attention
+    weights) are constants, so relevance passes through ``softmax(q kᵀ) @ v`` to ``v`` only,
+    by the z-rule, and none reaches ``q`` and ``k``.  Conserves relevance (bias-free)."""
+
+    kind = "softmax"
+    constant = True
 
 
 # Captum-style names ---------------------------------------------------------------------
@@ -555,23 +634,32 @@ class RelevanceFilter(Rule):
         check = getattr(self.rule, "check_layer", None)
         return check(info) if check is not None else None
 
-    def filter(self, relevance: Tensor) -> Tensor:
-        """Zero all but the top-k fraction of ``relevance`` (per example)."""
-        n = relevance.shape[0]
-        flat = relevance.reshape(n, -1)
+    def filter(self, relevance: Tensor, batch: Any = 0) -> Tensor:
+        """Zero all but the top-k fraction of ``relevance`` per example (``batch``: the batch
+        axis, ``(axis, inner)`` as in :attr:`LayerInfo.batch_inner`, or ``None`` for one
+        example)."""
+        if batch is None:
+            ax, moved = None, relevance.reshape(1, -1)
+            n = 1
+        else:
+            ax, inner = (batch, 1) if isinstance(batch, int) else batch
+            moved = relevance.movedim(ax, 0)
+            n = moved.shape[0] // inner
+        flat = moved.reshape(n, -1)
         k = max(1, int(math.ceil(self.top_k * flat.shape[1])))
         if k >= flat.shape[1]:
             return relevance
         key = flat if self.mode == "value" else flat.abs()
         idx = key.topk(k, dim=1).indices
         keep = torch.zeros_like(flat).scatter_(1, idx, 1.0)
-        return (flat * keep).reshape(relevance.shape)
+        out = (flat * keep).reshape(moved.shape)
+        return out.reshape(relevance.shape) if ax is None else out.movedim(0, ax)
 
     def propagate(self, op, x, z, relevance, info):
         if self.rule is None:
             raise ValueError("RelevanceFilter(rule=None) is a template; give it the rule to wrap.")
         if self.output_layer or not info.is_output_layer:
-            relevance = self.filter(relevance)
+            relevance = self.filter(relevance, 0 if info.is_output_layer else info.example_axis("RelevanceFilter"))
         return self.rule.propagate(op, x, z, relevance, info)
 
     def __repr__(self) -> str:

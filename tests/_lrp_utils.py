@@ -159,7 +159,8 @@ def portable_init(model: nn.Module, seed: int = 0, bias_free: bool = False) -> n
     running_var stay positive random)."""
     rs = np.random.RandomState(seed)
     sd = model.state_dict()
-    new = {}
+    new = type(sd)()
+    new._metadata = getattr(sd, "_metadata", {})  # module versions (MNASNet checks its own)
     for name, t in sd.items():
         shape = tuple(t.shape)
         if name.endswith("num_batches_tracked"):

@@ -374,14 +374,14 @@ class CachesThenFails(nn.Module):
     def forward(self, x):
         h = self.l(x)
         self.cache = h  # the model keeps an activation
-        return torch.sigmoid(h)  # unsupported: raises
+        return torch.logsumexp(h, dim=1)  # unsupported: raises
 
 
 def test_no_tags_left_after_a_raising_call():
     torch.manual_seed(0)
     m = CachesThenFails().eval()
     x = torch.randn(2, 5)
-    with pytest.raises(UnsupportedOperationError, match="sigmoid"):
+    with pytest.raises(UnsupportedOperationError, match="logsumexp"):
         LRP(m).attribute(x, target=0)
     no_captum_tags(m, m.cache)
 
@@ -466,11 +466,14 @@ def test_layer_lrp_on_resnet_convs_with_folded_bn():
     # the audit's crash (TypeError in the capture hook) on torchvision's ResNet-18
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=5).eval()
-    x = torch.randn(1, 3, 32, 32)
+    model = torchvision.models.resnet18(num_classes=5).double().eval()
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
     for conv, bn in ((model.conv1, model.bn1), (model.layer1[0].conv1, model.layer1[0].bn1)):
         r_conv, d_conv = LayerLRP(model, conv).attribute(x, target=1, return_convergence_delta=True)
         r_bn, d_bn = LayerLRP(model, bn).attribute(x, target=1, return_convergence_delta=True)
         assert r_conv.shape == r_bn.shape and torch.isfinite(r_conv).all()
-        # by definition the folded layer's output relevance is the one at the BN output
-        assert torch.equal(r_conv, r_bn) and torch.equal(d_conv, d_bn)
+        # by definition the folded layer's output relevance is the one at the BN output (two
+        # separate runs: equal up to the summation order of the convolution kernels)
+        scale = float(r_bn.abs().max())
+        assert float((r_conv - r_bn).abs().max()) <= 1e-12 * scale
+        assert torch.allclose(d_conv, d_bn, rtol=0, atol=1e-12 * scale)

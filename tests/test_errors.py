@@ -32,26 +32,26 @@ class Wrapped(nn.Module):
         return self.head(h)
 
 
-class InnerSigmoid(nn.Module):
+class InnerLogSumExp(nn.Module):
     def forward(self, x):
-        return torch.sigmoid(x)
+        return x - torch.logsumexp(x, dim=-1, keepdim=True)
 
 
-class InnerTanh(nn.Module):
+class InnerStd(nn.Module):
     def forward(self, x):
-        return torch.tanh(x)
+        return x * x.std()  # a statistic of the activation, not a normalisation
 
 
-class Gate(nn.Module):
+class DivideByActivation(nn.Module):
     def forward(self, x):
-        return torch.relu(x) * F.relu6(x)  # product of two activations
+        return x / (x.abs().sum(-1, keepdim=True) + 1)  # division by an activation
 
 
 @pytest.mark.parametrize("act,op_name,path", [
-    (InnerSigmoid(), "sigmoid", "block.act"),
-    (nn.GELU(), "gelu", "block.act"),
-    (InnerTanh(), "tanh", "block.act"),
-    (Gate(), "mul", "block.act"),
+    (InnerLogSumExp(), "logsumexp", "block.act"),
+    (nn.LogSoftmax(dim=-1), "log_softmax", "block.act"),
+    (InnerStd(), "std", "block.act"),
+    (DivideByActivation(), "div", "block.act"),
 ])
 def test_unsupported_activation_names_op_and_module(act, op_name, path):
     torch.manual_seed(0)
@@ -64,8 +64,8 @@ def test_unsupported_activation_names_op_and_module(act, op_name, path):
 
 def test_unsupported_functional_in_model_forward():
     torch.manual_seed(0)
-    model = Wrapped(fn=torch.sigmoid).eval()
-    with pytest.raises(UnsupportedOperationError, match="sigmoid"):
+    model = Wrapped(fn=lambda h: torch.logsumexp(h, dim=-1, keepdim=True)).eval()
+    with pytest.raises(UnsupportedOperationError, match="logsumexp"):
         LRP(model).attribute(torch.randn(2, 4), target=0)
 
 

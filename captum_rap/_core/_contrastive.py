@@ -153,6 +153,9 @@ class ContrastiveAttribution(PropagationAttribution):
     def _rule_for(self, info: LayerInfo) -> Any:
         return self.composite.rule_for(info)
 
+    def _op_rule(self, kind: str) -> Any:
+        return self.composite.op_rule(kind)
+
     def base_is_linear(self) -> bool:
         """Whether every rule that can be used is linear in the relevance (then the
         contrast of two seeds is one backward pass of their difference)."""
@@ -198,7 +201,7 @@ class ContrastiveAttribution(PropagationAttribution):
 
             def rule_for(info: LayerInfo, _base=self._rule_for) -> Any:  # noqa: F811
                 rule = _base(info)
-                if rule is None or info.kind == "batchnorm":
+                if rule is None or info.is_norm:
                     return rule
                 return NegatedOutputLayer(rule, mode, record)
 

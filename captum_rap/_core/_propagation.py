@@ -102,6 +102,11 @@ class PropagationAttribution(GradientAttribution):
     def _rule_for(self, info: LayerInfo) -> Any:
         raise NotImplementedError
 
+    def _op_rule(self, kind: str) -> Any:
+        """The rule for a parameter-free operation (``"product"``, ``"softmax"``); ``None``:
+        the engine's default (uniform products, AttnLRP's softmax rule)."""
+        return None
+
     def _seed(self, outputs: Tensor, target: TargetType) -> Tensor:
         return outputs * target_mask(outputs, target, self.method_name)
 
@@ -135,7 +140,7 @@ class PropagationAttribution(GradientAttribution):
             return seed.to(dtype=outputs.dtype, device=outputs.device)
 
         prop = Propagator(self.model, rule_for or self._rule_for, method_name=self.method_name,
-                          merge_batchnorm=self.merge_batchnorm)
+                          merge_batchnorm=self.merge_batchnorm, op_rule=self._op_rule)
         rel, outputs, seed = prop.run(inputs_t, extra, seed_fn, layer_hooks=layer_hooks)
         return rel, outputs, seed, is_inputs_tuple
 

@@ -66,6 +66,9 @@ class LRP(PropagationAttribution):
     def _rule_for(self, info: LayerInfo) -> Any:
         return self.composite.rule_for(info)
 
+    def _op_rule(self, kind: str) -> Any:
+        return self.composite.op_rule(kind)
+
     @log_usage()
     def attribute(
         self,

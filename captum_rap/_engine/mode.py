@@ -1,0 +1,812 @@
+"""The function mode that sees every torch function of the forward pass.
+
+:class:`PropagationMode` looks each function that touches a relevance-carrying tensor up
+in the operation table (:mod:`.optable`) and applies its treatment: affine layers become
+:class:`~.functions.RuleFunction` nodes whose backward applies the layer's rule,
+non-linearities and products get their relevance rules, normalisations and attention are
+written out in table operations (:mod:`.decompositions`), and everything else on the
+relevance path either is linear (left to autograd) or raises
+:class:`~captum_rap._engine.UnsupportedOperationError` naming the operation and module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import weakref
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+
+from . import decompositions
+from .affine import AffineOp
+from .batchnorm import fold_target, merge_bn
+from .functions import IdentityRule, RuleFunction, ScaleGradient
+from .optable import OP_TABLE, Op
+from .records import (KIND_ACT, KIND_IDS, KIND_INPUT, KIND_PRE, TAG, Batch, CallState, LayerInfo, Node,
+                      UnsupportedOperationError, batch_of, is_gate, producer_of, set_tag, tag_of)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .propagator import Propagator
+
+__all__ = ["PropagationMode"]
+
+
+def _fname(func: Any) -> str:
+    return getattr(func, "__name__", str(func))
+
+
+def iter_tensors(obj: Any) -> Iterator[Tensor]:
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from iter_tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from iter_tensors(o)
+
+
+def _arg(args: Sequence[Any], kwargs: Dict[str, Any], index: int, name: str, default: Any) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    if len(args) > index:
+        return args[index]
+    return default
+
+
+_INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__idiv__", "__ifloordiv__",
+                    "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__",
+                    "__irshift__", "__setitem__"}
+_DIVISION_OPS = {"div", "__truediv__", "__itruediv__", "div_", "__div__", "divide", "true_divide"}
+# the properties of a tensor that are selections of it
+_VIEW_PROPERTIES = {"T", "mT", "H", "mH", "real"}
+# positional / keyword slots of the factors of a product (the rest are added or flags)
+_PRODUCT_FACTORS = {
+    "baddbmm": ((1, "batch1"), (2, "batch2")), "addbmm": ((1, "batch1"), (2, "batch2")),
+    "addmm": ((1, "mat1"), (2, "mat2")), "addmv": ((1, "mat"), (2, "vec")),
+    "addr": ((1, "vec1"), (2, "vec2")),
+}
+_DEFAULT_FACTORS = ((0, "input"), (1, "other"))
+
+
+def _dims(ndim: int, value: Any) -> List[int]:
+    if isinstance(value, int):
+        value = [value]
+    return [d % ndim for d in value]
+
+
+def infer_batch_axis(name: str, args: Sequence[Any], kwargs: Dict[str, Any], inp: Tensor,
+                     batch: Batch, out: Tensor) -> Batch:
+    """Where the examples of ``out`` are, given where they are in ``inp`` (see
+    :data:`~.records.Batch`): moved by axis permutations, kept where the shape is unchanged;
+    otherwise (reshapes, pooling, slicing, reductions over other axes) found where the axes
+    before them hold as many elements as before, with the blocks of each example aligned
+    to the new axis; ``None`` where the examples are mixed with another axis."""
+    if batch is None or not isinstance(out, Tensor):
+        return None
+    axis, inner = batch
+    nd = inp.dim()
+    if axis >= nd:
+        return None
+    if name in ("transpose", "swapaxes", "swapdims", "transpose_", "swapaxes_", "swapdims_"):
+        d0, d1 = _dims(nd, [_arg(args, kwargs, 1, "dim0", 0), _arg(args, kwargs, 2, "dim1", 1)])
+        return (d1 if axis == d0 else d0 if axis == d1 else axis), inner
+    if name in ("t", "t_") and nd == 2:
+        return 1 - axis, inner
+    if name == "permute":
+        dims = args[1:] if len(args) > 1 else kwargs.get("dims", ())
+        if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+            dims = dims[0]
+        return _dims(nd, list(dims)).index(axis), inner
+    if name in ("movedim", "moveaxis"):
+        src = _dims(nd, _arg(args, kwargs, 1, "source", 0))
+        dst = _dims(nd, _arg(args, kwargs, 2, "destination", 0))
+        order = [d for d in range(nd) if d not in src]
+        for d, sd in sorted(zip(dst, src)):
+            order.insert(d, sd)
+        return order.index(axis), inner
+    if name == "__getitem__":
+        new = _indexed_axis(args[1] if len(args) > 1 else kwargs.get("idx"), nd, axis)
+        return None if new is None else (new, inner)
+    if name in ("select", "unbind"):
+        dim = _dims(nd, _arg(args, kwargs, 1, "dim", 0))[0]
+        return None if dim == axis else (axis - (dim < axis), inner)
+    if out.shape == inp.shape:
+        return axis, inner
+    n = inp.shape[axis] // inner  # the number of examples
+    if n == 0:
+        return None
+    before = math.prod(inp.shape[:axis])
+    block = math.prod(inp.shape[axis:]) // n  # one example's contiguous block (per prefix row)
+    reshaped = out.numel() == inp.numel()
+    cum = 1
+    for k, size in enumerate(out.shape):
+        if cum == before:
+            if reshaped and size % n == 0 and block % max(math.prod(out.shape[k + 1:]), 1) == 0:
+                return k, size // n  # a reshape that keeps each example's block on axis k
+            if not reshaped and size == inp.shape[axis]:
+                return k, inner  # the axis kept while other axes changed (pooling, slicing)
+        cum *= size
+        if cum > before:
+            break
+    return None
+
+
+def _indexed_axis(index: Any, nd: int, axis: int) -> Optional[int]:
+    """Where axis ``axis`` of a tensor ends up after ``t[index]`` (``None``: indexed by an
+    integer, a partial slice, or advanced indexing)."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    consumed = sum(1 for it in items if it is not None and it is not Ellipsis)
+    d = o = 0
+    for it in items:
+        if it is Ellipsis:
+            span = nd - consumed
+            if d <= axis < d + span:
+                return o + axis - d
+            d += span
+            o += span
+        elif it is None:
+            o += 1
+        elif isinstance(it, int) and not isinstance(it, bool):
+            if d == axis:
+                return None
+            d += 1
+        elif isinstance(it, slice):
+            if d == axis:
+                return o if it == slice(None) else None
+            d += 1
+            o += 1
+        else:  # tensors, lists: advanced indexing
+            return None
+    return o + axis - d if axis >= d else None
+
+
+def _writes_in_place(name: str, kwargs: Dict[str, Any]) -> bool:
+    """In-place operation (``relu_``, ``add_``, ``+=``, ``x[i] = v``) or ``out=`` call."""
+    return (name.endswith("_") and not name.endswith("__")) or name in _INPLACE_DUNDERS \
+        or "out" in kwargs or kwargs.get("inplace", False) is True
+
+
+def _out_of_place(func: Callable, name: str, kwargs: Dict[str, Any]) -> Tuple[Callable, Dict[str, Any]]:
+    """The out-of-place version of an in-place element-wise function."""
+    if kwargs.get("inplace", False):
+        return func, {**kwargs, "inplace": False}
+    if name.endswith("_") and not name.endswith("__"):
+        base = name[:-1]
+        for ns in (torch, F, torch.special, Tensor):
+            f = getattr(ns, base, None)
+            if f is not None:
+                return f, kwargs
+    if name == "__ipow__":
+        return torch.pow, kwargs
+    return func, kwargs
+
+
+class PropagationMode(TorchFunctionMode):
+    """Runs the forward pass of one propagation (see the module docstring)."""
+
+    def __init__(self, propagator: "Propagator", state: CallState):
+        super().__init__()
+        self.p = propagator
+        self.state = state
+        self.token = state.token
+        self.layer_index = 0
+
+    # -- helpers -----------------------------------------------------------------------
+    def _where(self) -> str:
+        path = self.state.module_stack[-1][0] if self.state.module_stack else ""
+        return f"module '{path}'" if path else "the model's own forward"
+
+    def unsupported(self, what: str, advice: str) -> UnsupportedOperationError:
+        return UnsupportedOperationError(f"{self.p.method_name} cannot propagate relevance through {what} "
+                                         f"(called in {self._where()}). {advice}")
+
+    @contextlib.contextmanager
+    def constants(self) -> Iterator[None]:
+        """Compute constants of the propagation (statistics, masks) from activations:
+        nothing inside is seen by the mode."""
+        old = self.state.bypass
+        self.state.bypass = True
+        try:
+            yield
+        finally:
+            self.state.bypass = old
+
+    def _tag(self, t: Any) -> int:
+        return tag_of(t, self.token)
+
+    def _source(self, src: Any) -> Tuple[Optional[Tensor], Batch]:
+        """The first relevance-carrying tensor among ``src`` whose batch axis is known."""
+        first = None
+        for t in iter_tensors(src):
+            if self._tag(t) and self._tag(t) != KIND_IDS:
+                ax = batch_of(t, self.token)
+                if ax is not None:
+                    return t, ax
+                first = first if first is not None else t
+        return first, None
+
+    def _tag_outputs(self, out: Any, kind: int, producer: Optional[Node] = None, name: str = "",
+                     gate: bool = False, src: Optional[Tuple[Sequence[Any], Dict[str, Any]]] = None) -> None:
+        """Tag the floating tensors of ``out`` (computed by ``name`` from ``src = (args,
+        kwargs)``, whose relevance-carrying tensor gives the batch axis)."""
+        args, kwargs = src if src is not None else ((), {})
+        inp, ax = self._source((args, kwargs))
+        for t in iter_tensors(out):
+            if t.is_floating_point() or t.is_complex():
+                owner = self.p.param_owner.get(id(t))
+                if owner is not None:
+                    what = f"'{name}'" if name else "an operation"
+                    raise self.unsupported(
+                        f"{what} that writes an activation into the parameter or buffer of module "
+                        f"'{owner[0]}'", "Do not store activations in model parameters or buffers.")
+                batch = infer_batch_axis(name, args, kwargs, inp, ax, t) if inp is not None else None
+                set_tag(t, self.state, kind, producer, gate, batch)
+
+    @staticmethod
+    def _derived_kind(kinds: Sequence[int], selection: bool) -> int:
+        tainted = [k for k in kinds if k and k != KIND_IDS]
+        if selection and all(k == KIND_INPUT for k in tainted):
+            return KIND_INPUT
+        if all(k in (KIND_INPUT, KIND_PRE) for k in tainted):
+            return KIND_PRE
+        return KIND_ACT
+
+    def _all_gates(self, args: Any, kwargs: Any) -> bool:
+        tainted = [t for t in iter_tensors((args, kwargs)) if self._tag(t)]
+        return bool(tainted) and all(is_gate(t, self.token) for t in tainted)
+
+    def _owner(self, weight: Any) -> Optional[Tuple[str, Any]]:
+        """``(name, module)`` owning ``weight`` (or the tensor it is a view of)."""
+        if not isinstance(weight, Tensor):
+            return None
+        owner = self.p.param_owner.get(id(weight))
+        if owner is None and weight._base is not None:
+            owner = self.p.param_owner.get(id(weight._base))
+        return owner
+
+    def _current_module(self) -> Tuple[str, Any]:
+        return self.state.module_stack[-1] if self.state.module_stack else ("", self.p.model)
+
+    # -- dispatch ----------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.state.bypass:
+            return func(*args, **kwargs)
+        tensors = list(iter_tensors(args)) + list(iter_tensors(kwargs))
+        kinds = [self._tag(t) for t in tensors]
+        if not any(kinds):
+            return func(*args, **kwargs)
+        name = _fname(func)
+        if name == "__get__":
+            return self._property(func, args, kwargs, kinds)
+        op = OP_TABLE.get(name)
+        if all(k == KIND_IDS for k in kinds if k):
+            return self._token_ids(func, name, op, args, kwargs)
+        if op is not None and op.treatment in ("constant", "shape_of"):
+            return getattr(self, "_t_" + op.treatment)(func, name, op, args, kwargs, kinds)
+        if _writes_in_place(name, kwargs):
+            self._before_write(name, args, kwargs)
+        if op is None:
+            return self._unknown(func, name, args, kwargs)
+        return getattr(self, "_t_" + op.treatment)(func, name, op, args, kwargs, kinds)
+
+    def _before_write(self, name: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> None:
+        written = kwargs.get("out", args[0] if args else None)
+        for t in iter_tensors(written):
+            owner = self.p.param_owner.get(id(t))
+            if owner is not None:
+                raise self.unsupported(
+                    f"'{name}' that writes an activation into the parameter or buffer of module "
+                    f"'{owner[0]}'", "Do not store activations in model parameters or buffers.")
+            producer = producer_of(t, self.token)
+            if producer is not None:
+                producer.protect(t)
+
+    def _unknown(self, func, name, args, kwargs):
+        out = func(*args, **kwargs)
+        if not any(isinstance(t, Tensor) and (t.is_floating_point() or t.is_complex())
+                   for t in iter_tensors(out)):
+            return out  # sizes, shapes, booleans, indices: not on the relevance path
+        raise self.unsupported(
+            f"the operation '{name}'",
+            "It is not in the engine's operation table (captum_rap.supported_operations()): "
+            "affine layers, ReLU-family and element-wise activations, products, softmax, "
+            "normalisations, attention, pooling and parameter-free linear operations are. "
+            "Attribute the logits (remove a final softmax), or replace the operation.")
+
+    def _property(self, func, args, kwargs, kinds):
+        prop = getattr(getattr(func, "__self__", None), "__name__", "")
+        out = func(*args, **kwargs)
+        if not isinstance(out, Tensor) or not (out.is_floating_point() or out.is_complex()):
+            return out
+        if prop in _VIEW_PROPERTIES:
+            self._tag_outputs(out, self._derived_kind(kinds, True), name=prop,
+                              gate=self._all_gates(args, kwargs), src=(args, kwargs))
+            return out
+        raise self.unsupported(f"the tensor attribute '.{prop}'",
+                               "It detaches the activation from the relevance path; use the tensor itself.")
+
+    # -- token ids (integer model inputs) ----------------------------------------------
+    def _token_ids(self, func, name, op, args, kwargs):
+        """Only token ids (integers read from a model input) are involved: an embedding
+        lookup starts a relevance path; selections keep track of where each id came from;
+        anything else gives constants."""
+        if name == "embedding":
+            return self._t_embedding(func, name, op, args, kwargs, None)
+        out = func(*args, **kwargs)
+        ids = [t for t in iter_tensors((args, kwargs)) if self._tag(t) == KIND_IDS]
+        if op is None or not op.selection or len(ids) != 1 or not isinstance(out, Tensor):
+            return out
+        src = ids[0]
+        index, positions = getattr(src, TAG)[2]
+
+        def swap(a):
+            return positions if a is src else a
+
+        pos = func(*[swap(a) for a in args], **{k: swap(v) for k, v in kwargs.items()})
+        if isinstance(pos, Tensor) and pos.shape == out.shape:
+            set_tag(out, self.state, KIND_IDS, (index, pos),
+                    batch=infer_batch_axis(name, args, kwargs, src, batch_of(src, self.token), out))
+        return out
+
+    def _t_embedding(self, func, name, op, args, kwargs, kinds):
+        ids = _arg(args, kwargs, 0, "input", None)
+        weight = _arg(args, kwargs, 1, "weight", None)
+        if self._tag(weight):
+            raise self.unsupported("'embedding' whose weight depends on the input",
+                                   "Only token ids may index an embedding.")
+        out = func(*args, **kwargs)
+        if self._tag(ids) != KIND_IDS:
+            return out
+        index, positions = getattr(ids, TAG)[2]
+        leaf = out.detach().requires_grad_(True)
+        proxy = leaf.clone()
+        self.state.embeddings.append((index, positions, leaf))
+        set_tag(proxy, self.state, KIND_PRE, batch=infer_batch_axis("embedding", args, kwargs, ids,
+                                                                   batch_of(ids, self.token), proxy))
+        return proxy
+
+    # -- shapes and constants ------------------------------------------------------------
+    @staticmethod
+    def _split_first(args, kwargs):
+        if args:
+            return args[0], (args[1:], kwargs)
+        first = kwargs.get("input", kwargs.get("self"))
+        return first, ({k: v for k, v in kwargs.items() if k not in ("input", "self")},)
+
+    def _t_constant(self, func, name, op, args, kwargs, kinds):
+        # zeros_like(h), h.new_zeros(...): only h's shape / dtype / device are used
+        first, rest = self._split_first(args, kwargs)
+        if not any(self._tag(t) for t in iter_tensors(rest)):
+            return func(*args, **kwargs)
+        raise self.unsupported(f"'{name}' with an activation as its data",
+                               "It copies the values out of the relevance path; use the tensor itself.")
+
+    def _t_shape_of(self, func, name, op, args, kwargs, kinds):
+        # p.type_as(h), p.expand_as(h): the result depends on p only
+        first, _ = self._split_first(args, kwargs)
+        first_kind = self._tag(first)
+        if not first_kind:
+            return func(*args, **kwargs)
+        if _writes_in_place(name, kwargs):
+            self._before_write(name, args, kwargs)
+        out = func(*args, **kwargs)
+        self._tag_outputs(out, self._derived_kind([first_kind], True), name=name,
+                          gate=is_gate(first, self.token), src=(args, kwargs))
+        return out
+
+    # -- parameter-free linear maps --------------------------------------------------------
+    def _t_linear(self, func, name, op, args, kwargs, kinds):
+        if op.check is not None:
+            msg = op.check(args, kwargs)
+            if msg:
+                raise self.unsupported(msg, "Use a supported variant of the operation.")
+        out = func(*args, **kwargs)
+        gate = op.selection and self._all_gates(args, kwargs)
+        self._tag_outputs(out, self._derived_kind(kinds, op.selection), name=name, gate=gate, src=(args, kwargs))
+        return out
+
+    def _t_setitem(self, func, name, op, args, kwargs, kinds):
+        # t[idx] = v is linear in (t, v): autograd sends the gradient of the written
+        # entries to v and that of the others to t (z-rule, as for a selection)
+        dest = args[0]
+        value = args[2] if len(args) > 2 else None
+        value_kind = self._tag(value)
+        out = func(*args, **kwargs)
+        # the written tensor is no longer any layer's output (producer cleared)
+        self._tag_outputs(dest, self._derived_kind(kinds, False) if value_kind else self._tag(dest),
+                          name=name, src=(args, kwargs))
+        return out
+
+    def _t_cut(self, func, name, op, args, kwargs, kinds):
+        out = func(*args, **kwargs)
+        if not any(isinstance(t, Tensor) and t.is_floating_point() for t in iter_tensors(out)):
+            return out
+        raise self.unsupported(f"'{name}'", "A detached activation cuts the relevance path; "
+                               "remove the detach from the forward pass.")
+
+    # -- products -------------------------------------------------------------------------
+    def _t_scale(self, func, name, op, args, kwargs, kinds):
+        a = _arg(args, kwargs, 0, "input", kwargs.get("self"))
+        b = _arg(args, kwargs, 1, "other", None)
+        ta, tb = self._tag(a), self._tag(b)
+        if name in _DIVISION_OPS:
+            if kwargs.get("rounding_mode") is not None:
+                raise self.unsupported(f"'{name}' with rounding_mode", "Rounding is not linear.")
+            if tb:
+                raise self.unsupported(f"'{name}' with a divisor that depends on the input",
+                                       "Division by an activation is not linear.")
+        elif ta and tb:
+            return self._product(func, name, args, kwargs, kinds, ((0, "input"), (1, "other")))
+        return self._t_linear(func, name, Op("linear"), args, kwargs, kinds)
+
+    def _t_product(self, func, name, op, args, kwargs, kinds):
+        if name in ("einsum", "chain_matmul", "multi_dot"):
+            return self._product(func, name, args, kwargs, kinds, None)
+        if name not in _PRODUCT_FACTORS and len(args) < 2:
+            # torch.mm(input=a, mat2=b) & co.: the two factors as positional arguments
+            kwargs = dict(kwargs)
+            first = [args[0]] if args else [kwargs.pop("input", None)]
+            second = [kwargs.pop(k) for k in ("other", "mat2", "vec", "tensor", "vec2") if k in kwargs]
+            args = tuple(first + second[:1])
+        slots = _PRODUCT_FACTORS.get(name, _DEFAULT_FACTORS)
+        factors = [_arg(args, kwargs, i, key, None) for i, key in slots]
+        if name == "__rmatmul__":
+            factors = factors[::-1]
+        tainted = [f for f in factors if self._tag(f)]
+        if len(tainted) == 1:
+            layer = self._parameter_product(func, name, args, kwargs, factors)
+            if layer is not None:
+                return layer
+        if len(tainted) <= 1:
+            return self._t_linear(func, name, Op("linear"), args, kwargs, kinds)
+        return self._product(func, name, args, kwargs, kinds, slots)
+
+    def _parameter_product(self, func, name, args, kwargs, factors) -> Optional[Tensor]:
+        """``x @ W`` / ``addmm(b, x, W)`` with a parameter ``W`` (2-D) of the model: an affine
+        layer with the composite's dense rule (e.g. Hugging Face's ``Conv1D``)."""
+        if name not in ("mm", "matmul", "__matmul__", "addmm"):
+            return None
+        x, w = factors
+        if not self._tag(x) or self._tag(w) or not isinstance(w, Tensor) or w.dim() != 2:
+            return None
+        owner = self._owner(w)
+        if owner is None:
+            return None
+        bias = None
+        if name == "addmm":
+            bias = _arg(args, kwargs, 0, "input", None)
+            if _arg(args, kwargs, 3, "beta", 1) != 1 or _arg(args, kwargs, 4, "alpha", 1) != 1 \
+                    or self._tag(bias) or not isinstance(bias, Tensor) or bias.dim() != 1:
+                return None
+        if _writes_in_place(name, kwargs):
+            return None
+        return self._layer(x, AffineOp("linear", w.t(), bias), owner, "linear")
+
+    def _product(self, func, name, args, kwargs, kinds, slots) -> Any:
+        """A product of several relevance-carrying factors: the product rule decides the
+        share of each (uniform: ``1/k`` each; signal-take-all: none for gates)."""
+        if _writes_in_place(name, kwargs):
+            raise self.unsupported(f"in-place '{name}' of two tensors that both depend on the input",
+                                   "Write the product out of place (y = a * b).")
+        src = (args, kwargs)
+        args = list(args)
+        kwargs = dict(kwargs)
+        if slots is None:  # einsum(eq, *ops) / einsum(eq, [ops]) / chain_matmul(*ops) / multi_dot([ops])
+            start = 1 if name == "einsum" else 0
+            nested = len(args) == start + 1 and isinstance(args[start], (list, tuple))
+            ops = list(args[start]) if nested else args[start:]
+            positions = [i for i, t in enumerate(ops) if self._tag(t)]
+        else:
+            ops = None
+            positions = []
+            for i, key in slots:
+                if key in kwargs:
+                    if self._tag(kwargs[key]):
+                        positions.append(key)
+                elif i < len(args) and self._tag(args[i]):
+                    positions.append(i)
+
+        def get(pos):
+            if ops is not None:
+                return ops[pos]
+            return kwargs[pos] if isinstance(pos, str) else args[pos]
+
+        factors = [get(pos) for pos in positions]
+        weights = self.p.product_weights([is_gate(t, self.token) for t in factors], self._where())
+        new = []
+        for t, w in zip(factors, weights):
+            if w == 0:
+                with self.constants():
+                    new.append(t.detach())
+            elif w == 1:
+                new.append(t)
+            else:
+                new.append(ScaleGradient.apply(t, float(w)))
+        for pos, t in zip(positions, new):
+            if ops is not None:
+                ops[pos] = t
+            elif isinstance(pos, str):
+                kwargs[pos] = t
+            else:
+                args[pos] = t
+        if ops is not None:
+            start = 1 if name == "einsum" else 0
+            nested = len(args) == start + 1 and isinstance(args[start], (list, tuple))
+            args = args[:start] + ([ops] if nested else ops)
+        out = func(*args, **kwargs)
+        self._tag_outputs(out, self._derived_kind(kinds, False), name=name, src=src)
+        return out
+
+    # -- activations ------------------------------------------------------------------------
+    def _t_relu(self, func, name, op, args, kwargs, kinds):
+        # positively homogeneous, piecewise linear: the plain gradient passes relevance exactly
+        if name in ("threshold", "threshold_", "_threshold") and not (
+                _arg(args, kwargs, 1, "threshold", None) == 0 and _arg(args, kwargs, 2, "value", None) == 0):
+            return self._elementwise(func, name, args, kwargs, kinds, gate=False)
+        if name in ("rrelu", "rrelu_") and _arg(args, kwargs, 3, "training", False):
+            raise self.unsupported(f"'{name}' in training mode (random slopes)", "Call model.eval() first.")
+        if name == "prelu" and self._tag(_arg(args, kwargs, 1, "weight", None)):
+            raise self.unsupported("'prelu' whose weight depends on the input", "Use a parameter.")
+        out = func(*args, **kwargs)
+        self._tag_outputs(out, self._derived_kind(kinds, False), name=name, src=(args, kwargs))
+        return out
+
+    def _t_saturating(self, func, name, op, args, kwargs, kinds):
+        x = _arg(args, kwargs, 0, "input", None)
+        if name.startswith("hardtanh"):
+            lo = _arg(args, kwargs, 1, "min_val", -1.0)
+            hi = _arg(args, kwargs, 2, "max_val", 1.0)
+        elif name.startswith("relu6"):
+            lo, hi = 0.0, 6.0
+        elif name.startswith("clamp_min"):
+            lo, hi = _arg(args, kwargs, 1, "min", None), None
+        elif name.startswith("clamp_max"):
+            lo, hi = None, _arg(args, kwargs, 1, "max", None)
+        else:
+            lo = _arg(args, kwargs, 1, "min", None)
+            hi = _arg(args, kwargs, 2, "max", None)
+        if isinstance(lo, Tensor) or isinstance(hi, Tensor):
+            raise self.unsupported(f"'{name}' with tensor bounds", "Use scalar bounds.")
+        if (lo is not None and lo > 0) or (hi is not None and hi < 0):
+            raise self.unsupported(
+                f"'{name}' with bounds [{lo}, {hi}] that exclude 0",
+                "Relevance pass-through needs f(0) = 0.")
+        out = IdentityRule.apply(x, lambda t: torch.clamp(t, lo, hi))
+        set_tag(out, self.state, self._derived_kind([self._tag(x)], False), batch=batch_of(x, self.token))
+        return out
+
+    def _t_elementwise(self, func, name, op, args, kwargs, kinds):
+        return self._elementwise(func, name, args, kwargs, kinds, gate=False)
+
+    def _t_gate(self, func, name, op, args, kwargs, kinds):
+        return self._elementwise(func, name, args, kwargs, kinds, gate=True)
+
+    def _elementwise(self, func, name, args, kwargs, kinds, gate: bool):
+        """``y = f(x)`` element-wise with one relevance-carrying argument: the identity
+        rule (see :class:`~.functions.IdentityRule`)."""
+        positions = [i for i, a in enumerate(args) if self._tag(a)]
+        keys = [k for k, v in kwargs.items() if self._tag(v)]
+        if len(positions) + len(keys) != 1:
+            raise self.unsupported(f"'{name}' of several tensors that depend on the input",
+                                   "The identity rule needs one relevance-carrying argument.")
+        f, kw = _out_of_place(func, name, kwargs)
+        args = list(args)
+        if positions:
+            pos = positions[0]
+            x = args[pos]
+
+            def fn(t):
+                a = list(args)
+                a[pos] = t
+                return f(*a, **kw)
+        else:
+            key = keys[0]
+            x = kw[key]
+
+            def fn(t):
+                return f(*args, **{**kw, key: t})
+
+        out = IdentityRule.apply(x, fn)
+        if out.shape != x.shape:
+            raise self.unsupported(f"'{name}' with broadcasting against a constant",
+                                   "The identity rule needs an output of the input's shape.")
+        set_tag(out, self.state, self._derived_kind(kinds, False), None, gate, batch_of(x, self.token))
+        return out
+
+    def _t_softmax(self, func, name, op, args, kwargs, kinds):
+        if self.p.softmax_is_constant(self._where()):
+            # CP-LRP: attention weights are constants, no relevance flows through them
+            with self.constants():
+                a = [t.detach() if isinstance(t, Tensor) else t for t in args]
+                k = {key: (v.detach() if isinstance(v, Tensor) else v) for key, v in kwargs.items()}
+                return func(*a, **k)
+        # AttnLRP's softmax rule R_in = x (R_out - s ΣR_out) is the plain gradient times x
+        out = func(*args, **kwargs)
+        self._tag_outputs(out, self._derived_kind(kinds, False), name=name, gate=True, src=(args, kwargs))
+        return out
+
+    def _t_winner(self, func, name, op, args, kwargs, kinds):
+        other = _arg(args, kwargs, 1, "other", None)
+        if name in ("max", "min") and isinstance(other, Tensor):
+            return self._t_max_zero(func, name, op, args, kwargs, kinds)
+        out = func(*args, **kwargs)
+        self._tag_outputs(out, self._derived_kind(kinds, False), name=name, src=(args, kwargs))
+        return out
+
+    def _t_max_zero(self, func, name, op, args, kwargs, kinds):
+        """``torch.maximum(h, 0)`` / ``torch.minimum(h, 0)`` with a constant all-zero
+        operand: a ReLU-like gate (``f(0) = 0``, piecewise linear and positively
+        homogeneous), so its plain gradient passes relevance exactly.  Anything else
+        (two activations, a non-zero constant) raises."""
+        a = _arg(args, kwargs, 0, "input", None)
+        b = _arg(args, kwargs, 1, "other", None)
+        ta, tb = self._tag(a), self._tag(b)
+        const = b if ta else a
+        if "out" not in kwargs and bool(ta) != bool(tb) and isinstance(const, Tensor) \
+                and not bool(const.detach().any()):
+            out = func(*args, **kwargs)
+            self._tag_outputs(out, self._derived_kind([ta or tb], False), name=name, src=(args, kwargs))
+            return out
+        if ta and tb:
+            what = "two tensors that both depend on the input"
+        elif "out" in kwargs:
+            what = "an out= tensor"
+        else:
+            what = "an activation and a constant that is not all zero"
+        raise self.unsupported(
+            f"'{name}' of {what}",
+            "Only torch.maximum / torch.minimum with an all-zero constant (a ReLU) has an exact "
+            "rule; use torch.relu or torch.clamp.")
+
+    # -- normalisations and attention -------------------------------------------------------
+    def _t_norm(self, func, name, op, args, kwargs, kinds):
+        if _writes_in_place(name, kwargs) and name != "normalize":
+            raise self.unsupported(f"in-place '{name}'", "Use the out-of-place operation.")
+        return getattr(decompositions, name)(self, *args, **kwargs)
+
+    def _t_attention(self, func, name, op, args, kwargs, kinds):
+        return getattr(decompositions, name)(self, *args, **kwargs)
+
+    def norm_affine(self, n: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: str,
+                    feature_dims: int = 0) -> Tensor:
+        """The element-wise affine part ``w * n + b`` of a normalisation, as a layer with the
+        composite's norm rule.  ``feature_dims > 0``: the weight covers the last
+        ``feature_dims`` axes (layer / RMS norm); ``0``: one value per channel (axis 1)."""
+        if weight is None and bias is None:
+            return n
+        if self._tag(weight) or self._tag(bias):
+            raise self.unsupported(f"a {kind} whose weight or bias depends on the input",
+                                   "Only the normalised tensor may carry relevance.")
+        ref = weight if weight is not None else bias
+        owner = self._owner(ref) or self._current_module()
+
+        def shaped(t: Optional[Tensor]) -> Optional[Tensor]:
+            if t is None or feature_dims:
+                return t
+            return t.view((1, -1) + (1,) * (n.dim() - 2))
+
+        w = shaped(weight) if weight is not None else torch.ones_like(shaped(bias))
+        return self._layer(n, AffineOp("elementwise", w, shaped(bias)), owner, kind)
+
+    def batch_norm_layer(self, x: Tensor, running_mean, running_var, weight, bias, eps: float,
+                         kind: str = "batchnorm") -> Tensor:
+        """An eval batch norm (running statistics): a per-channel affine layer."""
+        if running_mean is None or running_var is None:
+            raise self.unsupported(
+                "a batch norm that uses batch statistics (training mode or no running stats)",
+                "Call model.eval() before attributing: relevance rules are defined for the "
+                "inference-time affine map of batch norm.")
+        if any(self._tag(t) for t in (running_mean, running_var, weight, bias)):
+            raise self.unsupported(f"'{kind}' whose statistics depend on the input",
+                                   "Only the layer input may carry relevance.")
+        scale = torch.rsqrt(running_var.detach() + eps)
+        if weight is not None:
+            scale = scale * weight.detach()
+        shift = -running_mean.detach() * scale
+        if bias is not None:
+            shift = shift + bias.detach()
+        op = AffineOp("batchnorm", scale, shift)
+        ref = weight if weight is not None else running_var
+        owner = self._owner(ref) or self._current_module()
+        fold_into = fold_target(self, x, scale) if self.p.merge_batchnorm and kind == "batchnorm" else None
+        return self._layer(x, op, owner, kind, fold_into=fold_into)
+
+    # -- affine layers -----------------------------------------------------------------
+    def _t_affine(self, func, name, op_, args, kwargs, kinds):
+        x = _arg(args, kwargs, 0, "input", None)
+        if not self._tag(x):
+            raise self.unsupported(f"'{name}' whose weight depends on the input",
+                                   "Only the layer input may carry relevance.")
+        if name == "batch_norm":
+            training = _arg(args, kwargs, 5, "training", False)
+            return self.batch_norm_layer(
+                x, None if training else _arg(args, kwargs, 1, "running_mean", None),
+                None if training else _arg(args, kwargs, 2, "running_var", None),
+                _arg(args, kwargs, 3, "weight", None), _arg(args, kwargs, 4, "bias", None),
+                _arg(args, kwargs, 7, "eps", 1e-5))
+        weight = _arg(args, kwargs, 1, "weight", None)
+        bias = _arg(args, kwargs, 2, "bias", None)
+        if self._tag(weight) or self._tag(bias):
+            raise self.unsupported(f"'{name}' whose weight depends on the input",
+                                   "Only the layer input may carry relevance.")
+        if name == "linear":
+            op = AffineOp("linear", weight, bias)
+        else:
+            op = AffineOp(name, weight, bias,
+                          stride=_arg(args, kwargs, 3, "stride", 1),
+                          padding=_arg(args, kwargs, 4, "padding", 0),
+                          dilation=_arg(args, kwargs, 5, "dilation", 1),
+                          groups=_arg(args, kwargs, 6, "groups", 1))
+        owner = self._owner(weight) or self._current_module()
+        return self._layer(x, op, owner, op.kind)
+
+    def _layer(self, x: Tensor, op: AffineOp, owner: Tuple[str, Any], kind: str,
+               fold_into: Optional[Node] = None) -> Tensor:
+        """Apply the affine ``op`` to ``x`` as a layer with a rule (a node of the call)."""
+        mod_name, module = owner
+        xkind = self._tag(x)
+        is_input = xkind == KIND_INPUT
+        index = fold_into.info.index if fold_into is not None else self.layer_index
+        x_batch = batch_of(x, self.token)
+        info = LayerInfo(module=module, name=mod_name, kind=kind, is_input_layer=is_input,
+                         is_first_layer=xkind in (KIND_INPUT, KIND_PRE), index=index,
+                         batch_axis=x_batch[0] if x_batch else None,
+                         batch_inner=x_batch[1] if x_batch else 1, batch_size=self.state.batch_size)
+        if fold_into is None:
+            self.layer_index += 1
+        rule = self.p.rule_for(info)
+        problem: Optional[Exception] = None
+        if rule is None:
+            problem = self.unsupported(f"'{kind}'", "The composite returned no rule for this layer.")
+        else:
+            check = getattr(rule, "check_layer", None)
+            if check is not None:
+                msg = check(info)
+                if msg:
+                    problem = UnsupportedOperationError(f"Rule {rule!r} on module '{mod_name}': {msg}")
+        node = Node(info=info, op=op, rule=rule, state=self.state)
+        if fold_into is not None:
+            # the batch norm's rule is needed only if folding turns out not to be exact
+            node.problem = problem
+            return merge_bn(self, x, fold_into, node)
+        if problem is not None:
+            raise problem
+        if is_input and getattr(rule, "needs_input_layer", False):
+            info.input_mask = self._real_input_mask(x)
+        if is_input:
+            node.input_ref = x
+        out = RuleFunction.apply(x, node)
+        node.out_ref = weakref.ref(out)
+        set_tag(out, self.state, KIND_ACT, node, batch=infer_batch_axis(kind, (), {}, x, x_batch, out))
+        return out
+
+    def _real_input_mask(self, x: Tensor) -> Optional[Tensor]:
+        """Which entries of an input layer's input are model input values (1) and which are
+        zero padding added by selection ops on the way (0); ``None`` if none is padding.
+
+        ``x`` is a selection (pad, slice, reshape, cat) of the model inputs, i.e. ``x = J u``
+        with a 0/1 matrix ``J``; ``J 1`` is the mask, obtained as the gradient with respect
+        to ``v`` of ``<J^T v, 1>`` (double backward through the selection ops only).
+        Without it, rules that put relevance on inputs that are 0 (ZBox, Flat, WSquare)
+        would give relevance to padding positions, where it is silently lost."""
+        leaves = self.state.leaves
+        with self.constants():
+            with torch.enable_grad():
+                v = torch.zeros_like(x, requires_grad=True)
+                grads = torch.autograd.grad(x, leaves, grad_outputs=v, create_graph=True,
+                                            retain_graph=True, allow_unused=True)
+                pairs = [(g, lf) for g, lf in zip(grads, leaves) if g is not None and g.requires_grad]
+                if not pairs:
+                    return None
+                (mask,) = torch.autograd.grad([g for g, _ in pairs], v,
+                                              grad_outputs=[torch.ones_like(lf) for _, lf in pairs],
+                                              allow_unused=True)
+        if mask is None or bool((mask != 0).all()):
+            return None
+        return (mask != 0).to(x.dtype)
