@@ -123,7 +123,10 @@ class RAPRule(Rule):
             c = x[n] * w
             pos = (xp[n] * wp + xn[n] * wn).sum()
             neg = (xp[n] * wn + xn[n] * wp).sum()
-            bias = b_all[t] if b_all is not None else torch.zeros((), dtype=x.dtype, device=x.device)
+            if b_all is None:
+                bias = torch.zeros((), dtype=x.dtype, device=x.device)
+            else:  # one bias per output, or a bias map (an input normalisation folded in)
+                bias = b_all[min(n, b_all.shape[0] - 1), t] if op.is_bias_map(b_all) else b_all[t]
             b_pos = bias * _divide(pos, pos + neg, eps)
             b_neg = bias * _divide(neg, pos + neg, eps)
             c1 = xp[n] * wp

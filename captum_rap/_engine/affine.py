@@ -28,7 +28,9 @@ class AffineOp:
             against the input as stored, e.g. ``(C,)`` on the last axis for a layer norm).
         weight (Tensor): weight of the layer (for batch norm: the effective per-channel
             scale ``gamma / sqrt(var + eps)``).
-        bias (Tensor or None): bias (for batch norm: ``beta - mean * scale``).
+        bias (Tensor or None): bias (for batch norm: ``beta - mean * scale``), or a map of
+            the output's shape (batch axis of size 1 or N): the bias of an input layer with an
+            in-model input normalisation folded in (see :mod:`.input_affine`).
     """
 
     def __init__(self, kind: str, weight: Tensor, bias: Optional[Tensor], **conv_kwargs: Any):
@@ -84,9 +86,15 @@ class AffineOp:
             return weight.view((1, -1) + (1,) * (x.dim() - 2))
         return weight
 
+    def is_bias_map(self, bias: Optional[Tensor]) -> bool:
+        """``bias`` is a map of the output's shape rather than one value per output channel."""
+        return bias is not None and bias.dim() > (1 if self.kind != "elementwise" else self.weight.dim())
+
     def forward(self, x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None) -> Tensor:
         """Apply the operation to ``x`` with (possibly modified) ``weight`` and ``bias``."""
         w = self.weight if weight is None else weight
+        if self.kind != "elementwise" and self.is_bias_map(bias):
+            return self.forward(x, w, None) + bias
         if self.kind == "linear":
             return F.linear(x, w, bias)
         if self.is_elementwise:
@@ -101,7 +109,7 @@ class AffineOp:
 
     def bias_like(self, bias: Tensor, out: Tensor) -> Tensor:
         """``bias`` shaped to broadcast against an output ``out`` of this operation."""
-        if self.kind in ("linear", "elementwise"):
+        if self.kind in ("linear", "elementwise") or self.is_bias_map(bias):
             return bias
         return bias.view((1, -1) + (1,) * (out.dim() - 2))
 

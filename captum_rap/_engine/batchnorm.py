@@ -51,7 +51,12 @@ def merge_bn(mode: "PropagationMode", x: Tensor, producer: Node, bn_node: Node) 
     bn = bn_node.op
     shape = (-1,) + (1,) * (producer.op.weight.dim() - 1)
     w = producer.op.weight * bn.weight.view(shape)
-    b = bn.bias if producer.op.bias is None else producer.op.bias * bn.weight + bn.bias
+    if producer.op.bias is None:
+        b = bn.bias
+    elif producer.op.is_bias_map(producer.op.bias):  # a folded input normalisation
+        b = producer.op.bias * bn.weight_like(bn.weight, producer.op.bias) + bn.weight_like(bn.bias, producer.op.bias)
+    else:
+        b = producer.op.bias * bn.weight + bn.bias
     merged = AffineOp(producer.op.kind, w, b, **producer.op.conv_kwargs)
     merged.pre_pad = producer.op.pre_pad
     producer.merged_op = merged

@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from . import decompositions
+from . import decompositions, input_affine
 from .affine import AffineOp
 from .batchnorm import fold_target, merge_bn
 from .functions import IdentityRule, RuleFunction, ScaleGradient
 from .optable import OP_TABLE, Op
-from .records import (KIND_ACT, KIND_IDS, KIND_INPUT, KIND_PRE, TAG, Batch, CallState, LayerInfo, Node,
+from .records import (KIND_ACT, KIND_AFFINE, KIND_IDS, KIND_INPUT, KIND_PRE, TAG, Batch, CallState, LayerInfo, Node,
                       UnsupportedOperationError, batch_of, is_gate, producer_of, set_tag, tag_of)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -252,7 +252,7 @@ class PropagationMode(TorchFunctionMode):
         tainted = [k for k in kinds if k and k != KIND_IDS]
         if selection and all(k == KIND_INPUT for k in tainted):
             return KIND_INPUT
-        if all(k in (KIND_INPUT, KIND_PRE) for k in tainted):
+        if all(k in (KIND_INPUT, KIND_PRE, KIND_AFFINE) for k in tainted):
             return KIND_PRE
         return KIND_ACT
 
@@ -406,9 +406,18 @@ class PropagationMode(TorchFunctionMode):
             msg = op.check(args, kwargs)
             if msg:
                 raise self.unsupported(msg, "Use a supported variant of the operation.")
+        # an input normalisation inside the model: keep its affine form (input_affine)
+        on_input = any(k in (KIND_INPUT, KIND_AFFINE) for k in kinds)
+        forms = (input_affine.operand_forms(self, args, kwargs, _writes_in_place(name, kwargs))
+                 if on_input and not op.selection else None)
         out = func(*args, **kwargs)
         gate = op.selection and self._all_gates(args, kwargs)
         self._tag_outputs(out, self._derived_kind(kinds, op.selection), name=name, gate=gate, src=(args, kwargs))
+        if on_input:
+            if op.selection:
+                input_affine.after_selection(self, func, args, kwargs, out)
+            else:
+                input_affine.after_constant_op(self, name, args, kwargs, out, forms)
         return out
 
     def _t_setitem(self, func, name, op, args, kwargs, kinds):
@@ -750,12 +759,15 @@ class PropagationMode(TorchFunctionMode):
                fold_into: Optional[Node] = None) -> Tensor:
         """Apply the affine ``op`` to ``x`` as a layer with a rule (a node of the call)."""
         mod_name, module = owner
+        folded = input_affine.fold(self, x, op, f"module '{mod_name}'") if fold_into is None else None
+        if folded is not None:  # an input normalisation folded in: the input layer of src
+            x, op = folded
         xkind = self._tag(x)
         is_input = xkind == KIND_INPUT
         index = fold_into.info.index if fold_into is not None else self.layer_index
         x_batch = batch_of(x, self.token)
         info = LayerInfo(module=module, name=mod_name, kind=kind, is_input_layer=is_input,
-                         is_first_layer=xkind in (KIND_INPUT, KIND_PRE), index=index,
+                         is_first_layer=xkind in (KIND_INPUT, KIND_PRE, KIND_AFFINE), index=index,
                          batch_axis=x_batch[0] if x_batch else None,
                          batch_inner=x_batch[1] if x_batch else 1, batch_size=self.state.batch_size)
         if fold_into is None:

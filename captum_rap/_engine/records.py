@@ -182,6 +182,7 @@ KIND_INPUT = 1  # the model input or a selection (pad, view, cat, slice) of it
 KIND_ACT = 2  # any tensor downstream of an affine layer
 KIND_PRE = 3  # derived from the input by parameter-free ops, before any affine layer
 KIND_IDS = 4  # integer token ids read from a model input (carry no relevance themselves)
+KIND_AFFINE = 5  # src * scale + shift: a constant affine transform of an input selection
 
 
 def tag_of(t: Any, token: int) -> int:
