@@ -659,7 +659,10 @@ class RelevanceFilter(Rule):
         if self.rule is None:
             raise ValueError("RelevanceFilter(rule=None) is a template; give it the rule to wrap.")
         if self.output_layer or not info.is_output_layer:
-            relevance = self.filter(relevance, 0 if info.is_output_layer else info.example_axis("RelevanceFilter"))
+            axis = 0 if info.is_output_layer else info.example_axis("RelevanceFilter")
+            # ``filter(relevance)`` stays the call for batch-first layers, so subclasses that
+            # override ``filter`` with one argument keep working
+            relevance = self.filter(relevance) if axis in (0, (0, 1)) else self.filter(relevance, axis)
         return self.rule.propagate(op, x, z, relevance, info)
 
     def __repr__(self) -> str:
