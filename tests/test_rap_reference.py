@@ -44,3 +44,48 @@ def test_depthwise_conv_on_sparse_inputs_regression():
     want = rap_reference(net, x, targets)
     got = RAP(net).attribute(x, target=targets)
     assert rel_err(got, want) < TOL
+
+
+NETS = {"mobile": (mobile_net, (3, 8, 8)), "resnet_like": (resnet_like, (3, 10, 8))}
+
+
+@pytest.mark.parametrize("net", list(NETS))
+def test_rap_matches_explicit_reference(net):
+    build, shape = NETS[net]
+    m = build()
+    x = torch.randn((3,) + shape, generator=torch.Generator().manual_seed(1), dtype=DT)
+    targets = [0, 3, 1]
+    vals, _, layers = dense_forward(m, x)
+    with torch.no_grad():
+        y = m(x)
+    assert float((vals[m.spec[-1][0]] - y).abs().max()) < 1e-12  # the dense forward is the model's
+    # what the nets cover: layers with signed inputs (both input-sign branches non-empty;
+    # resnet_like: its output layer)
+    signed = [n for n, lay in layers.items() if lay.kind in ("conv", "linear") and lay.ins[0] != "input"
+              and float(vals[lay.ins[0]].min()) < 0 < float(vals[lay.ins[0]].max())]
+    assert signed == ["fc2"] if net == "resnet_like" else {"c2", "gc", "fc2"} <= set(signed)
+    if net == "mobile":
+        for a in ("bn1", "bn2"):  # saturated ReLU6 units (input > 6), but not all
+            assert 0.05 < float((vals[a] > 6).double().mean()) < 0.5
+        assert float((vals["a3"] == 0).double().mean()) > 0.2  # bn4 reads exact zeros
+    want = rap_reference(m, x, targets)
+    got = RAP(m).attribute(x, target=targets)
+    assert rel_err(got, want) < TOL
+    # not vacuous: both signs, and another target gives another map
+    assert float(want.clamp(min=0).sum()) > 0 > float(want.clamp(max=0).sum())
+    assert rel_err(rap_reference(m, x, [1, 0, 2]), want) > 1e-2
+
+
+def test_layer_relevance_matches_the_reference_at_every_layer():
+    """LayerRAP at each parametrized layer's output equals the reference's relevance there
+    (so an error cannot cancel out on its way to the input)."""
+    m = mobile_net()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5), dtype=DT)
+    targets = [2, 4]
+    at = {}
+    rap_reference(m, x, targets, at)
+    from captum_rap import LayerRAP
+
+    for name in ("fc2", "fc1", "gc", "bn4", "c2", "bn3", "pw", "dw", "bn1", "c1"):
+        got = LayerRAP(m, m.layers[name]).attribute(x, target=targets).reshape(2, -1)
+        assert rel_err(got, at[name]) < TOL, name
