@@ -319,11 +319,12 @@ def test_layer_lrp_on_folded_conv_shift_free_is_conv_output_x_gradient():
     m = ConvBNNet(shift=False, bias=False).double().eval()
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
     ref = activation_x_gradient(m, m.c, x, 1)
+    # every layer above the conv (shift-free BN, ReLU, bias-free Linear) uses LRP-0 in
+    # both composites (epsilon_plus changes only the conv's own rule, which acts below
+    # the captured output): relevance at the conv output = activation x gradient
     for composite in ("epsilon", "epsilon_plus"):
         got = LayerLRP(m, m.c, composite, epsilon=0.0).attribute(x, target=1)
-        if composite == "epsilon":
-            assert rel_err(got, ref) < TOL
-        assert got.shape == ref.shape
+        assert rel_err(got, ref) < TOL, composite
 
 
 def test_layer_lrp_on_shared_folded_conv():
@@ -466,11 +467,14 @@ def test_layer_lrp_on_resnet_convs_with_folded_bn():
     # the audit's crash (TypeError in the capture hook) on torchvision's ResNet-18
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=5).eval()
-    x = torch.randn(1, 3, 32, 32)
+    model = torchvision.models.resnet18(num_classes=5).double().eval()
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
     for conv, bn in ((model.conv1, model.bn1), (model.layer1[0].conv1, model.layer1[0].bn1)):
         r_conv, d_conv = LayerLRP(model, conv).attribute(x, target=1, return_convergence_delta=True)
         r_bn, d_bn = LayerLRP(model, bn).attribute(x, target=1, return_convergence_delta=True)
         assert r_conv.shape == r_bn.shape and torch.isfinite(r_conv).all()
-        # by definition the folded layer's output relevance is the one at the BN output
-        assert torch.equal(r_conv, r_bn) and torch.equal(d_conv, d_bn)
+        # by definition the folded layer's output relevance is the one at the BN output.
+        # (Not bit for bit: two identical calls differ by ~1e-8 relative in float32 on this
+        # CPU build, the convolutions' summation order varying between calls; float64 and
+        # a tolerance far above its rounding, far below any real difference.)
+        assert rel_err(r_conv, r_bn) < 1e-12 and abs(float(d_conv - d_bn)) < 1e-12 * float(r_bn.abs().sum())
