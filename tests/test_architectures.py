@@ -127,5 +127,11 @@ def test_efficientnet_lite0_real_weights_chelsea():
     assert float(probs[0, 285]) > 0.3
     attr, delta = LRP(model, "epsilon_plus").attribute(x, target=285, return_convergence_delta=True)
     assert attr.shape == x.shape and torch.isfinite(attr).all()
-    # relevance is positive overall for the predicted class and biases absorb only part of it
-    assert float(attr.sum()) > 0
+    with torch.no_grad():
+        logit = float(model(x)[0, 285])
+    total = float(attr.double().sum())
+    # the delta is the map's sum minus the logit; relevance is positive overall for the
+    # predicted class and the biases (and epsilons) absorb only part of the logit:
+    # 0 < |logit - total| < logit
+    assert abs(float(delta) - (total - logit)) < 1e-4 * abs(logit)
+    assert logit > 0 and total > 0 and 0 < abs(logit - total) < logit

@@ -100,9 +100,14 @@ def test_noise_tunnel_smoothgrad(with_delta):
     x = image_batch()
     lrp = LRP(cnn, epsilon=1e-12)
     nt = NoiseTunnel(lrp)
+    seen = []  # the noisy inputs NoiseTunnel hands to the model (kept as given: no torch op here)
+    handle = cnn.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
     torch.manual_seed(5)
-    out = nt.attribute(x, nt_type="smoothgrad", nt_samples=4, stdevs=0.1, target=[0, 1, 2],
-                       return_convergence_delta=with_delta)
+    try:
+        out = nt.attribute(x, nt_type="smoothgrad", nt_samples=4, stdevs=0.1, target=[0, 1, 2],
+                           return_convergence_delta=with_delta)
+    finally:
+        handle.remove()
     if with_delta:
         attr, delta = out
         assert delta.shape == (3 * 4,)
@@ -113,8 +118,17 @@ def test_noise_tunnel_smoothgrad(with_delta):
     # zero noise: smoothgrad is the mean of 4 identical maps = the plain map
     flat = nt.attribute(x, nt_type="smoothgrad", nt_samples=4, stdevs=0.0, target=[0, 1, 2])
     assert torch.allclose(flat, lrp.attribute(x, target=[0, 1, 2]), rtol=0, atol=1e-12)
-    # with noise the map differs from the plain one but keeps its total (bias-free model)
+    # with noise the map differs from the plain one but keeps its total (bias-free model):
+    # each example's map sums to the mean of its target logit over its 4 noisy copies
     assert not torch.allclose(attr, flat)
+    noisy = torch.cat(seen).detach()
+    assert noisy.shape == (3 * 4,) + x.shape[1:] and not torch.allclose(noisy[:3], x)
+    with torch.no_grad():
+        logits = cnn(noisy)
+    rows = torch.arange(12)
+    # Captum repeats the batch sample-major (example n, sample s at row n * 4 + s)
+    want = logits[rows, torch.tensor([0, 1, 2]).repeat_interleave(4)].view(3, 4).mean(1)
+    assert torch.allclose(attr.reshape(3, -1).sum(1), want, rtol=0, atol=1e-9)
 
 
 def test_visualize_image_attr():
@@ -125,11 +139,32 @@ def test_visualize_image_attr():
     attr = LRP(cnn, "epsilon_gamma_box").attribute(x, target=3)
     img = x[0].permute(1, 2, 0).numpy()
     a = attr[0].permute(1, 2, 0).numpy()
+    shown = (img - img.min()) / (img.max() - img.min())
+    # what the figure must show, computed here: the channel sum of the map divided by the
+    # value where the cumulative sum of its sorted |values| reaches 98% of their total
+    # (Captum's documented outlier_perc=2 threshold), clipped to [-1, 1]
+    import numpy as np
+
     for method, sign in [("heat_map", "all"), ("blended_heat_map", "absolute_value"), ("original_image", "all")]:
-        fig, ax = viz.visualize_image_attr(a, (img - img.min()) / (img.max() - img.min()), method=method,
-                                           sign=sign, use_pyplot=False)
-        assert fig is not None and ax is not None
-        matplotlib.pyplot.close(fig)
+        fig, ax = viz.visualize_image_attr(a, shown, method=method, sign=sign, use_pyplot=False)
+        try:
+            data = [np.asarray(im.get_array()) for im in ax.images]
+            if method == "original_image":
+                assert len(data) == 1 and np.allclose(data[0], 255 * shown, atol=1.0)  # as uint8
+                continue
+            combined = a.sum(2)
+            if sign == "absolute_value":
+                combined = np.abs(combined)
+            srt = np.sort(np.abs(combined).flatten())
+            cum = np.cumsum(srt)
+            scale = srt[np.nonzero(cum >= 0.98 * cum[-1])[0][0]]
+            want = np.clip(combined / scale, -1, 1)
+            heat = data[-1]
+            assert heat.shape == (8, 8) and np.allclose(heat, want, atol=1e-6)
+            if method == "blended_heat_map":  # the image under the map (grey, 0..255 levels)
+                assert len(data) == 2 and np.allclose(data[0], 255 * shown.mean(2), atol=1.0)
+        finally:
+            matplotlib.pyplot.close(fig)
 
 
 def test_tuple_inputs_and_additional_args():

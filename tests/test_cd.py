@@ -186,17 +186,34 @@ def test_small_cnn_default_mode_random_mask(digits, digits_reference):
 
 
 def test_small_cnn_default_mode_blob_masks_distance(digits, digits_reference):
-    """(c) distance of the default mode from the reference (run on this build) on blob
-    masks (report)."""
+    """(c) Blob masks: the default mode's only difference from the reference is how exact
+    ties of the true activation in max-pool windows are broken.  Given the default mode's
+    own arg-max choices, the official ``acd`` run on this build and the explicit two-part
+    reference (``_cd_reference.py``) equal it (measured 7e-16 and 2e-16 of max|rel|); the
+    distance to the official code with *its* tie choices (1.9e-2, 5e-3) is only reported."""
+    from _cd_reference import cd_reference
+
     m, x, d = digits
     errs = {}
     for name in ("half", "box-4-20-6-22"):
         c = d["cd"][name]
-        rel, irr = CD(m).decompose(x, torch.tensor(c["mask"])[None, None])
+        mask = torch.tensor(c["mask"])[None, None]
+        rec = []
+        cdt._STATE.pool_record = rec
+        try:
+            rel, irr = CD(m).decompose(x, mask)
+        finally:
+            cdt._STATE.pool_record = None
+        assert len(rec) == 2
+        with acd_reference() as ref:
+            ref.replay = list(rec)
+            want_rel, want_irr = ref.cd(x, m, c["mask"])
+        assert _rel_err(rel, want_rel) <= 1e-8 and _rel_err(irr, want_irr) <= 1e-8, name
+        two_rel, two_irr = cd_reference(m, x, mask, pool_choices=rec)
+        assert _rel_err(rel, two_rel) <= 1e-10 and _rel_err(irr, two_irr) <= 1e-10, name
         errs[name] = _rel_err(rel, digits_reference[name][0])
-        assert torch.allclose(rel + irr, m(x), atol=1e-12)
-    print("small CNN default-vs-reference (blob masks, rel. to max|rel|):", errs)
-    assert max(errs.values()) < 0.1
+    print("small CNN default-vs-reference with the reference's own tie choices (blob masks, rel. to "
+          "max|rel|):", errs)
 
 
 def test_vgg16_portable_weights_recipe(vgg_results):
@@ -265,10 +282,15 @@ def test_lstm_default_mode_conserves_and_matches_batched(lstm_fixture):
     # the whole sentence is all relevant
     whole = d["spans"].index((0, len(d["ids"]) - 1))
     assert irr[whole].abs().max() < 1e-12
-    # the LSTM part equals the reference: the default mode only adds the bias split
-    ref_rel, ref_irr = CD(m, reference_compatible=True, batch_dim=1).decompose(ids, spans=d["spans"])
-    share = rel - ref_rel
-    assert torch.allclose(share + (irr - ref_irr), m.hidden_to_label.bias.expand_as(rel), atol=1e-12)
+    # the LSTM part equals the reference: the default mode only adds the head's bias split
+    # (|r| + 1e-20) / (|r| + |i| + 2e-20), r and i the reference's (bias-free) parts; each
+    # part against the official code's output stored in the fixture
+    r, i = torch.as_tensor(d["rel"]), torch.as_tensor(d["irrel"])
+    b = m.hidden_to_label.bias.detach()
+    den = r.abs() + i.abs() + 2e-20
+    scale = float(logits.abs().max())
+    assert float((rel - (r + (r.abs() + 1e-20) / den * b)).abs().max()) <= 1e-8 * scale
+    assert float((irr - (i + (i.abs() + 1e-20) / den * b)).abs().max()) <= 1e-8 * scale
     # spans == masks, batched == one at a time
     masks = spans_to_masks(d["spans"], len(d["ids"]))
     rel2, _ = cd.decompose(ids, masks)
@@ -316,24 +338,44 @@ ARCHS = {
 
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_conservation_on_architectures(arch):
+    """Architectures the official code cannot run (residual sums, concatenations, functional
+    ReLUs and pooling, depthwise convs, ReLU6, same-padding modules): both parts of the
+    default mode (local boxes, total form) against the explicit two-part reference
+    (``_cd_reference.py``, ``rel`` and ``irr`` propagated separately through a ``torch.fx``
+    trace), float64, He-initialised weights (the portable recipe: with PyTorch's default
+    initialisation, activations of the deep random nets shrink below their batch-norm
+    shifts and even the exact decomposition moves by ~0.1 of the logits under a 1e-15
+    perturbation of the input; here that sensitivity is below 3e-14, measured).  Plus
+    conservation, which the total form checks against the model's own forward."""
+    from _cd_reference import cd_reference
+    from _lrp_utils import portable_init
+
     tv = pytest.importorskip("torchvision").models
     build, s = ARCHS[arch]
     torch.manual_seed(0)
-    m = _randomize_bn(build(tv, s), seed=1).eval()
-    x = torch.randn(1, 3, s, s)
-    masks = torch.zeros(4, 1, s, s)
-    masks[0, :, : s // 2] = 1
-    masks[1] = (torch.rand(1, s, s) < 0.3).float()
-    masks[2, :, 10:30, 12:40] = 1
-    masks[3] = 1
+    m = portable_init(build(tv, s), seed=1).double().eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, s, s, generator=g, dtype=torch.float64)
+    masks = torch.zeros(3, 1, s, s, dtype=torch.float64)
+    masks[0] = (torch.rand(1, s, s, generator=g) < 0.3).double()
+    masks[1, :, 10:30, 12:40] = 1
+    masks[2] = 1
     with torch.no_grad():
         y = m(x)
-    rel, irr = CD(m).decompose(x, masks)
-    scale = max(1.0, float(y.abs().max()))
-    assert rel.shape == (4, y.shape[1])
-    assert float((rel + irr - y).abs().max()) <= 1e-5 * scale, arch
-    # the full mask keeps (almost) everything relevant; the groups are not trivial
-    assert float(rel[0].abs().max()) > 0 and float(irr[0].abs().max()) > 0
+    cd = CD(m)
+    # the full mask in a forward of its own: batched with others, the total form's
+    # irr = W x - W rel is rounding noise where it should be exactly 0, which the bias and
+    # batch-norm splits amplify (the mechanism of CD_ACD.md section 9.2; measured 0.11 of
+    # the logits on Inception-V3); alone, both are computed alike and irr stays 0
+    rel, irr = (torch.cat(p) for p in zip(cd.decompose(x, masks[:2]), cd.decompose(x, masks[2:])))
+    want_rel, want_irr = cd_reference(m, x, masks)
+    scale = float(y.abs().max())
+    assert rel.shape == (3, y.shape[1])
+    assert float((rel + irr - y).abs().max()) <= 1e-10 * scale, arch
+    assert float((rel - want_rel).abs().max()) <= 1e-10 * scale, arch
+    assert float((irr - want_irr).abs().max()) <= 1e-10 * scale, arch
+    # the groups are not trivial: each partial mask leaves a sizeable irrelevant part
+    assert float(irr[:2].abs().amax(1).min()) > 1e-3 * scale
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -413,6 +455,14 @@ def test_functional_residual_concat_inplace_and_constants():
     assert torch.allclose(rel + irr, y.expand_as(rel), atol=1e-12)
     # empty mask: nothing relevant except the bias shares; ReLU of zero stays zero
     assert rel[0].abs().max() < 1e-8
+    # each part against the explicit two-part reference (the in-place residual, the
+    # concatenation with a negated LeakyReLU branch, max pooling, the constants)
+    from _cd_reference import cd_reference
+
+    want_rel, want_irr = cd_reference(m, x, masks)
+    scale = float(y.detach().abs().max())
+    assert float((rel - want_rel).abs().max()) < 1e-10 * scale
+    assert float((irr - want_irr).abs().max()) < 1e-10 * scale
 
 
 def test_batched_equals_looped():
@@ -448,7 +498,17 @@ def test_multilayer_bidirectional_lstm_batch_first():
     y = m(ids)
     assert torch.allclose(rel + irr, y.expand_as(rel), atol=1e-12)
     assert irr[0].abs().max() < 1e-12  # whole sentence
-    assert not torch.allclose(rel[1], rel[2])
+    # each part against the loop form (both layers, both directions, then the head)
+    from _rnn_reference import head_split, rnn_loop
+
+    e = m.embed(ids[0]).detach().numpy()
+    W, b = m.head.weight.detach().numpy(), m.head.bias.detach().numpy()
+    for k, (a, z) in enumerate(spans):
+        inside = np.zeros(9)
+        inside[a:z + 1] = 1
+        o_r, o_i = rnn_loop(m.lstm, inside[:, None] * e, (1 - inside[:, None]) * e, inside)
+        want_r, want_i = head_split(W, b, o_r.mean(0), o_i.mean(0))
+        assert np.abs(rel[k].numpy() - want_r).max() < 1e-10 and np.abs(irr[k].numpy() - want_i).max() < 1e-10
 
 
 def _gru_cd_reference(x_rel, x_irr, gru):

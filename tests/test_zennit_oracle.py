@@ -96,10 +96,22 @@ def test_resnet50_with_canonizer_matches_zennit(preset):
             mod.eps = 0.0
     x = inputs(n=1)
     targets = [3]
+    with torch.no_grad():
+        y0 = m(x)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    structure = [(n, type(mod)) for n, mod in m.named_modules()]
+    hooks = [(len(mod._forward_hooks), len(mod._forward_pre_hooks), len(mod._backward_hooks))
+             for mod in m.modules()]
     theirs = zennit_map(m, ZENNIT[preset]([ResNetCanonizer()]), x, targets)
     ours = LRP(m, preset, merge_batchnorm=True, **OURS[preset]).attribute(x, target=targets)
     err = rel_err(ours, theirs)
     assert err < 1e-5, err
-    # the canonizer leaves the model as it was
-    y = m(x)
-    assert torch.isfinite(y).all()
+    # the canonizer leaves the model as it was (zennit removes its BN merge and sum modules
+    # when the attributor exits): same parameters, buffers, modules, hooks and outputs
+    after = m.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(after[k], v) for k, v in state.items())
+    assert [(n, type(mod)) for n, mod in m.named_modules()] == structure
+    assert [(len(mod._forward_hooks), len(mod._forward_pre_hooks), len(mod._backward_hooks))
+            for mod in m.modules()] == hooks
+    with torch.no_grad():
+        assert torch.equal(m(x), y0)

@@ -166,16 +166,14 @@ class RAPRule(Rule):
         total: Optional[Tensor] = None
         nonneg = x.numel() == 0 or float(x.min()) >= 0
         branches = [x] if nonneg else [x.clamp(min=0), -x.clamp(max=0)]
-        wn_abs = None if nonneg else wp - w  # |W⁻|
+        # |W⁻|, and B = x|W⁻| by its own forward pass: computed as xW⁺ - xW (one pass
+        # less), B is rounding noise instead of exactly 0 at units without negative
+        # contributions (depthwise convs, sparse post-ReLU inputs), and R⁻ / noise then
+        # sends arbitrary relevance through the cancelling backward pass
+        wn_abs = wp - w
         for xb in branches:
             a = op.forward(xb, wp, None)
-            if nonneg:
-                # x >= 0: x|W⁻| = xW⁺ - xW, and xW is the layer output less its bias
-                b = torch.sub(a, z)
-                if op.bias is not None:
-                    b.add_(op.bias_like(op.bias, z))
-            else:
-                b = op.forward(xb, wn_abs, None)
+            b = op.forward(xb, wn_abs, None)
             s_ab = _divide_(torch.add(a, b), relevance, eps)  # R / (A + B)
             if is_linear:
                 # reference Linear.pos_prop: a/A * R + b/(A+B) * R
@@ -186,11 +184,7 @@ class RAPRule(Rule):
                 p = _divide_(a, relevance.clamp(min=0), eps)
                 q = _divide_(b, relevance.clamp(max=0), eps).add_(s_ab)
             del a, b, s_ab
-            if nonneg:
-                # x (W⁺ᵀp + |W⁻|ᵀq) with |W⁻| = W⁺ - W: no |W⁻| copy of the weights
-                g = op.backward(p.add_(q), wp, x.shape).sub_(op.backward(q, w, x.shape))
-            else:
-                g = op.backward(p, wp, x.shape).add_(op.backward(q, wn_abs, x.shape))
+            g = op.backward(p, wp, x.shape).add_(op.backward(q, wn_abs, x.shape))
             g.mul_(xb)
             total = g if total is None else total.add_(g)
         assert total is not None
