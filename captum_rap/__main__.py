@@ -508,6 +508,13 @@ def acd_figure(tree, display: np.ndarray, names: Sequence[str], max_levels: int 
 
 
 # ----------------------------------------------------------------------------- explain
+def _box_for(preset: Optional[str], box: Dict[str, Any]) -> Dict[str, Any]:
+    """The z^B bounds for a preset that has a box rule (others do not take them)."""
+    from .composites import preset_keywords
+
+    return {k: v for k, v in box.items() if k in preset_keywords(preset)} if preset else {}
+
+
 def _attribute(method: str, preset: Optional[str], ex: Explained, x, target: int, args) -> Tuple[Any, Any]:
     """Run one method; returns ``(map, acd_tree_or_None)``."""
     from . import ACD, CLRP, LRP, RAP, SGLRP
@@ -516,7 +523,7 @@ def _attribute(method: str, preset: Optional[str], ex: Explained, x, target: int
     if method == "rap":
         return RAP(ex.model).attribute(x, target=target), None
     if method == "lrp":
-        return LRP(ex.model, preset, **box).attribute(x, target=target), None
+        return LRP(ex.model, preset, **_box_for(preset, box)).attribute(x, target=target), None
     if method in ("clrp1", "clrp2"):
         return CLRP(ex.model, variant=int(method[-1]), **box).attribute(x, target=target), None
     if method == "sglrp":
@@ -772,7 +779,8 @@ def run_demo(out_dir: str, settings: Optional[DemoSettings] = None) -> Dict[str,
     maps.append(("RAP", attr))
     for preset in settings.lrp_presets:
         steps.start(f"LRP {preset}")
-        attr = timings.measure(f"LRP {preset}", lambda: LRP(ex.model, preset, **box).attribute(x, target=target))
+        attr = timings.measure(f"LRP {preset}", lambda: LRP(ex.model, preset, **_box_for(preset, box)).attribute(
+            x, target=target))
         steps.done()
         s = float(attr.sum())
         say(f"LRP {preset}: sum {s:+.4f} ({s / logit:.1%} of the logit; biases absorb the rest)")
