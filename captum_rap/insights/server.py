@@ -46,7 +46,7 @@ def _client_gone(environ: Mapping[str, Any]) -> bool:
     """Whether the request's connection was closed by the client (werkzeug's server gives
     the socket; other servers: never)."""
     sock = environ.get("werkzeug.socket")
-    if sock is None:
+    if sock is None or not hasattr(socket, "MSG_DONTWAIT"):  # (no non-blocking peek on Windows)
         return False
     try:
         return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
