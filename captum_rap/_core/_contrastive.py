@@ -32,7 +32,7 @@ from .._compat import (
 )
 from .._engine import AffineOp, LayerInfo, safe_divide
 from ..composites import Composite, get_composite
-from ._propagation import PropagationAttribution, check_flag, target_mask
+from ._propagation import PropagationAttribution, check_flag, check_rule_attributes, target_mask
 
 __all__ = ["ContrastiveAttribution", "NegatedOutputLayer"]
 
@@ -147,6 +147,7 @@ class ContrastiveAttribution(PropagationAttribution):
     def __init__(self, model: nn.Module, composite: Union[str, Composite, None] = "zplus_box",
                  merge_batchnorm: bool = True, **composite_kwargs: Any) -> None:
         super().__init__(model)
+        check_rule_attributes(self.model, type(self).__name__)
         self.composite = get_composite(composite, **composite_kwargs)
         self.merge_batchnorm = check_flag(type(self).__name__, "merge_batchnorm", merge_batchnorm)
 

@@ -202,7 +202,6 @@ class PropagationAttribution(GradientAttribution):
             raise TypeError(f"{type(self).__name__} needs an nn.Module, got {type(model).__name__}")
         super().__init__(model)
         self.model = model
-        check_rule_attributes(model, type(self).__name__)
 
     @property
     def multiplies_by_inputs(self) -> bool:

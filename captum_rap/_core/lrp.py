@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from .._compat import TargetType, log_usage
 from .._engine import LayerInfo
 from ..composites import Composite, get_composite
-from ._propagation import PropagationAttribution, SeedType, check_flag
+from ._propagation import PropagationAttribution, SeedType, check_flag, check_rule_attributes
 
 
 class LRP(PropagationAttribution):
@@ -60,6 +60,7 @@ class LRP(PropagationAttribution):
     def __init__(self, model: nn.Module, composite: Union[str, Composite, None] = "epsilon",
                  merge_batchnorm: bool = True, **composite_kwargs: Any) -> None:
         super().__init__(model)
+        check_rule_attributes(self.model, type(self).__name__)
         self.composite = get_composite(composite, **composite_kwargs)
         self.merge_batchnorm = check_flag(type(self).__name__, "merge_batchnorm", merge_batchnorm)
 
