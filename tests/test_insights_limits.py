@@ -191,3 +191,41 @@ def test_chunked_body_over_the_limit_is_413(server):
     resp = conn.getresponse()
     assert resp.status == 413, resp.read()
     assert len(big) > MAX_BODY_BYTES
+
+
+def test_page_sends_only_the_arguments_of_the_chosen_preset(server):
+    """The page hides (and does not send) epsilon / gamma where the LRP preset has none."""
+    import os
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
+    chromium = "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        pytest.skip(f"{chromium} not found (CI installs Debian's chromium with apt)")
+    h = server(_vis(_net()))
+    bodies = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            page.on("request", lambda r: bodies.append(r.post_data) if r.url.endswith("/api/attribute") else None)
+            page.goto(h.url)
+            page.wait_for_selector(".example")
+            page.select_option("#method", "LRP")
+            page.wait_for_selector("#args select[name=preset]")
+            hidden = "(n) => document.querySelector(`#args [data-arg=${n}]`).parentElement.hidden"
+            for preset, eps_hidden, gamma_hidden in (("epsilon_plus", False, True), ("zplus", True, True),
+                                                     ("epsilon_gamma_box", False, False)):
+                page.select_option("#args select[name=preset]", json.dumps(preset))
+                assert page.evaluate(hidden, "epsilon") is eps_hidden
+                assert page.evaluate(hidden, "gamma") is gamma_hidden
+            page.select_option("#args select[name=preset]", json.dumps("zplus"))
+            page.locator(".example input.pick").first.check()
+            page.click("#run")
+            page.wait_for_selector(".example img.heatmap")
+        finally:
+            browser.close()
+    sent = json.loads(bodies[-1])["args"]
+    assert sent["preset"] == "zplus" and "epsilon" not in sent and "gamma" not in sent
