@@ -21,12 +21,17 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
+import errno
 import html
 import importlib
 import os
 import platform
+import re
+import socket
 import sys
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -271,7 +276,9 @@ def load_model(spec: str, weights: Optional[str] = None) -> Explained:
         if name not in available:
             raise CLIError(f"unknown torchvision classification model {name!r}; choose one of: "
                            + ", ".join(available))
-        model = torchvision.models.get_model(name, weights=None)
+        with warnings.catch_warnings():  # e.g. inception_v3's note on its weight initialisation
+            warnings.simplefilter("ignore", FutureWarning)
+            model = torchvision.models.get_model(name, weights=None)
         if weights is None:
             print(f"warning: torchvision:{name} runs with RANDOM weights (no --weights FILE given); "
                   "its explanation shows an untrained network", file=sys.stderr)
@@ -282,7 +289,9 @@ def load_model(spec: str, weights: Optional[str] = None) -> Explained:
             if last is not None and f"{last}.weight" in sd:
                 classes = int(sd[f"{last}.weight"].shape[0])
                 if classes != model.get_submodule(last).out_features:
-                    model = torchvision.models.get_model(name, weights=None, num_classes=classes)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", FutureWarning)
+                        model = torchvision.models.get_model(name, weights=None, num_classes=classes)
             _load_state_dict(model, sd, weights)
             what = f"torchvision {name} (weights {weights})"
         model = model.eval()
@@ -314,7 +323,11 @@ def load_image(source: str) -> Tuple[np.ndarray, str]:
         try:
             img = fn()
         except Exception as exc:  # e.g. photos that need a download (pooch)
-            raise CLIError(f"cannot load scikit-image photo {name!r}: {exc}") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CLIError(f"cannot load scikit-image photo {name!r}: {first}") from None
+        if not isinstance(img, np.ndarray):
+            raise CLIError(f"scikit-image's {name!r} is not a single image (it gives a {type(img).__name__}); "
+                           "try chelsea, coffee, astronaut, rocket, camera")
         desc = f"scikit-image {name!r}"
     else:
         if not os.path.isfile(source):
@@ -323,7 +336,8 @@ def load_image(source: str) -> Tuple[np.ndarray, str]:
             from PIL import Image
 
             with Image.open(source) as im:
-                img = np.asarray(im.convert("RGB"))
+                # 16-bit and float images in their own depth (convert("RGB") would clip them)
+                img = np.asarray(im) if im.mode in _NATIVE_PIL_MODES else np.asarray(im.convert("RGB"))
         except ImportError:
             try:
                 from skimage import io as skio
@@ -341,11 +355,39 @@ def load_image(source: str) -> Tuple[np.ndarray, str]:
         img = np.repeat(img[..., None], 3, axis=-1)
     if img.ndim != 3 or img.shape[-1] not in (3, 4) or min(img.shape[:2]) < 8:
         raise CLIError(f"{source} is not an RGB or grey-scale image (shape {img.shape})")
-    img = np.array(img[..., :3])  # a writable copy (PIL arrays are read-only)
-    if img.dtype != np.uint8:  # float images in [0, 1] or 16-bit files
-        top = 1.0 if img.dtype.kind == "f" and float(img.max()) <= 1.0 else float(img.max()) or 1.0
-        img = np.clip(np.asarray(img, dtype=np.float64) / top * 255.0, 0, 255).astype(np.uint8)
-    return img, desc
+    return _to_uint8(np.array(img[..., :3]), source), desc
+
+
+#: PIL modes read as arrays in their own depth (16-bit and 32-bit integer, float)
+_NATIVE_PIL_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _to_uint8(img: np.ndarray, source: str) -> np.ndarray:
+    """An image array in its own bit depth -> uint8 (0..255 is the full range of the depth:
+    65535 for 16-bit files, 1.0 for float images in [0, 1])."""
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.bool_:
+        return img.astype(np.uint8) * 255
+    if img.dtype.kind in "iu":
+        lo, hi = int(img.min()), int(img.max())
+        if lo < 0:
+            raise CLIError(f"{source}: negative pixel values ({lo}); not an image of a known bit depth")
+        top = 255 if hi <= 255 and img.dtype.itemsize == 1 else 65535 if hi <= 65535 else 2 ** 32 - 1
+    elif img.dtype.kind == "f":
+        if not np.isfinite(img).all():
+            raise CLIError(f"{source}: the image contains NaN or infinite values")
+        lo, hi = float(img.min()), float(img.max())
+        if lo >= 0 and hi <= 1:
+            top = 1.0
+        elif lo >= 0 and hi <= 255:
+            top = 255.0
+        else:
+            raise CLIError(f"{source}: a float image with values in [{lo:g}, {hi:g}]; expected [0, 1] or "
+                           "[0, 255]")
+    else:
+        raise CLIError(f"{source}: unsupported pixel type {img.dtype}")
+    return np.clip(np.rint(np.asarray(img, dtype=np.float64) / top * 255.0), 0, 255).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- targets
@@ -360,7 +402,7 @@ def resolve_target(spec: str, logits, names: Sequence[str]) -> int:
     s = str(spec).strip()
     if s.lower() in ("pred", "predicted", ""):
         return int(logits.argmax(1)[0])
-    if s.lstrip("-").isdigit():
+    if re.fullmatch(r"-?[0-9]+", s):  # ASCII digits only ("²".isdigit() is True)
         t = int(s)
         if not 0 <= t < n:
             raise CLIError(f"target {t} is out of range: the model has {n} classes (0..{n - 1})")
@@ -466,6 +508,13 @@ def acd_figure(tree, display: np.ndarray, names: Sequence[str], max_levels: int 
 
 
 # ----------------------------------------------------------------------------- explain
+def _box_for(preset: Optional[str], box: Dict[str, Any]) -> Dict[str, Any]:
+    """The z^B bounds for a preset that has a box rule (others do not take them)."""
+    from .composites import preset_keywords
+
+    return {k: v for k, v in box.items() if k in preset_keywords(preset)} if preset else {}
+
+
 def _attribute(method: str, preset: Optional[str], ex: Explained, x, target: int, args) -> Tuple[Any, Any]:
     """Run one method; returns ``(map, acd_tree_or_None)``."""
     from . import ACD, CLRP, LRP, RAP, SGLRP
@@ -474,7 +523,7 @@ def _attribute(method: str, preset: Optional[str], ex: Explained, x, target: int
     if method == "rap":
         return RAP(ex.model).attribute(x, target=target), None
     if method == "lrp":
-        return LRP(ex.model, preset, **box).attribute(x, target=target), None
+        return LRP(ex.model, preset, **_box_for(preset, box)).attribute(x, target=target), None
     if method in ("clrp1", "clrp2"):
         return CLRP(ex.model, variant=int(method[-1]), **box).attribute(x, target=target), None
     if method == "sglrp":
@@ -483,6 +532,39 @@ def _attribute(method: str, preset: Optional[str], ex: Explained, x, target: int
     tree = ACD(ex.model).hierarchy(x, target=target, sweep_dim=sweep, percentile_include=args.acd_percentile,
                                    num_iters=args.acd_iters, progress=not args.no_progress and sys.stderr.isatty())
     return tree.attribution_map(None).float(), tree
+
+
+def _check_output_file(path: str) -> None:
+    """Refuse an output file that cannot be written, before any work."""
+    if not path or not path.strip():
+        raise CLIError("--out must name a file")
+    out_dir = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(out_dir):
+        raise CLIError(f"output folder does not exist: {out_dir}")
+    if os.path.isdir(path):
+        raise CLIError(f"--out names a folder, not a file: {path}")
+    try:
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise CLIError(f"cannot write to the folder {out_dir}: {exc.strerror or exc}") from None
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise CLIError(f"cannot write {path}: permission denied")
+
+
+def _prepare_output_folder(path: str) -> None:
+    """Create the demo's output folder (or check it) and check that it is writable, before
+    any work."""
+    if not path or not path.strip():
+        raise CLIError("--out must name a folder")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CLIError(f"--out names a file, not a folder: {path}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise CLIError(f"cannot write to the folder {path}: {exc.strerror or exc}") from None
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -499,14 +581,25 @@ def run_explain(args: argparse.Namespace) -> int:
         raise CLIError("a .json output is the ACD hierarchy; use --method acd (or .png/.npy/.pt)")
     if not 16 <= args.size <= 1024:
         raise CLIError(f"--size must be between 16 and 1024 pixels, got {args.size}")
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        raise CLIError(f"output folder does not exist: {out_dir}")
+    if method == "acd":
+        if not 0 <= args.acd_sweep < args.size:
+            raise CLIError(f"--acd-sweep must be a block size in 1..{args.size - 1} pixels (0: size // 7), got "
+                           f"{args.acd_sweep}")
+        if not 1 <= args.acd_iters <= 100:
+            raise CLIError(f"--acd-iters must be in 1..100, got {args.acd_iters}")
+        if not 15 <= args.acd_percentile <= 100:  # False for NaN
+            raise CLIError(f"--acd-percentile must be in [15, 100], got {args.acd_percentile}")
+    _check_output_file(args.out)
     image, image_desc = load_image(args.image)
     ex = load_model(args.model, args.weights)
     x = ex.preprocess(image, args.size)
-    with torch.no_grad():
-        logits = ex.model(x)
+    try:
+        with torch.no_grad():
+            logits = ex.model(x)
+    except RuntimeError as exc:  # e.g. an input too small for the model's pooling
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CLIError(f"{args.model} cannot run on a {args.size}x{args.size} input (try a larger --size): "
+                       f"{first[:200]}") from None
     probs = logits.softmax(1)[0]
     top = probs.topk(min(5, probs.numel()))
     print(f"model: {ex.description}; image: {image_desc} at {args.size}x{args.size}")
@@ -519,8 +612,9 @@ def run_explain(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         attr, tree = _attribute(method, preset, ex, x, target, args)
-    except UnsupportedOperationError as exc:
-        raise CLIError(f"{label} cannot explain {args.model}: {exc}") from None
+    except (UnsupportedOperationError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CLIError(f"{label} cannot explain {args.model}: {first}") from None
     attr = attr.detach()
     seconds = time.perf_counter() - started
     if tree is None:
@@ -647,7 +741,7 @@ def run_demo(out_dir: str, settings: Optional[DemoSettings] = None) -> Dict[str,
     from .visualization import visualize_rap_grid
 
     settings = settings or DemoSettings()
-    os.makedirs(out_dir, exist_ok=True)
+    _prepare_output_folder(out_dir)
     timings = _Timings()
     n_steps = 3 + len(settings.lrp_presets) + 3
     steps = _Steps(n_steps, "captum-rap demo", settings.progress)
@@ -685,7 +779,8 @@ def run_demo(out_dir: str, settings: Optional[DemoSettings] = None) -> Dict[str,
     maps.append(("RAP", attr))
     for preset in settings.lrp_presets:
         steps.start(f"LRP {preset}")
-        attr = timings.measure(f"LRP {preset}", lambda: LRP(ex.model, preset, **box).attribute(x, target=target))
+        attr = timings.measure(f"LRP {preset}", lambda: LRP(ex.model, preset, **_box_for(preset, box)).attribute(
+            x, target=target))
         steps.done()
         s = float(attr.sum())
         say(f"LRP {preset}: sum {s:+.4f} ({s / logit:.1%} of the logit; biases absorb the rest)")
@@ -834,12 +929,43 @@ def run_insights(host: str, port: int) -> int:
         print(f"captum-rap insights: the Insights UI is not available in this install ({exc}); "
               'try pip install "captum-rap[insights]"', file=sys.stderr)
         return 2
-    print(f"captum-rap insights: serving on http://{host}:{port}/ (Ctrl-C stops)")
+    try:
+        port = _check_bind(host, port)
+    except CLIError as exc:
+        print(f"captum-rap insights: error: {exc}", file=sys.stderr)
+        return 2
+    shown = f"[{host}]" if ":" in host else host
+    print(f"captum-rap insights: serving on http://{shown}:{port}/ (Ctrl-C stops)")
     try:
         serve(host=host, port=port)
     except KeyboardInterrupt:
         pass
+    except OSError as exc:  # the port was taken between the check and the start
+        print(f"captum-rap insights: error: cannot serve on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _check_bind(host: str, port: int) -> int:
+    """Check that ``host:port`` can be served (the host resolves to a local address, the
+    port is free) before loading anything; port 0 becomes a free port.  Returns the port.
+
+    Raises:
+        CLIError: unknown host, address not local, port in use or not permitted.
+    """
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
+        raise CLIError(f"cannot serve on host {host!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    family, _, _, _, addr = infos[0]
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+            sock.bind(addr)
+            return int(sock.getsockname()[1])
+    except OSError as exc:
+        why = "the port is in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise CLIError(f"cannot serve on {host}:{port}: {why}") from None
 
 
 # ----------------------------------------------------------------------------- main

@@ -53,13 +53,16 @@ before the layer's rule redistributes it (see :func:`with_relevance_filter`).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Union
+import inspect
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from ._engine import LayerInfo
 from .rules import (AlphaBeta, AttnLRPSoftmax, ConstantSoftmax, Epsilon, Flat, Gamma, PassThrough,
                     RelevanceFilter, Rule, SignalTakeAll, Uniform, ZBox, ZPlus, from_captum_rule)
 
-__all__ = ["Composite", "PRESETS", "get_composite", "with_relevance_filter", "FilteredComposite"]
+__all__ = ["Composite", "PRESETS", "get_composite", "preset_keywords", "with_relevance_filter",
+           "FilteredComposite"]
 
 
 class Composite:
@@ -137,39 +140,39 @@ class Composite:
         return all(getattr(r, "linear_in_relevance", True) for r in rules if r is not None)
 
 
-def _epsilon(epsilon=1e-6, **_):
+def _epsilon(epsilon=1e-6):
     return Composite(conv=lambda: Epsilon(epsilon), dense=lambda: Epsilon(epsilon), name="epsilon")
 
 
-def _epsilon_plus(epsilon=1e-6, stabilizer=1e-6, **_):
+def _epsilon_plus(epsilon=1e-6, stabilizer=1e-6):
     return Composite(conv=lambda: ZPlus(stabilizer), dense=lambda: Epsilon(epsilon), name="epsilon_plus")
 
 
-def _epsilon_plus_flat(epsilon=1e-6, stabilizer=1e-6, **_):
+def _epsilon_plus_flat(epsilon=1e-6, stabilizer=1e-6):
     return Composite(conv=lambda: ZPlus(stabilizer), dense=lambda: Epsilon(epsilon),
                      first=lambda: Flat(stabilizer), name="epsilon_plus_flat")
 
 
-def _epsilon_gamma_box(epsilon=1e-6, stabilizer=1e-6, gamma=0.25, low=None, high=None, **_):
+def _epsilon_gamma_box(epsilon=1e-6, stabilizer=1e-6, gamma=0.25, low=None, high=None):
     return Composite(conv=lambda: Gamma(gamma, stabilizer), dense=lambda: Epsilon(epsilon),
                      first=lambda: ZBox(low, high, stabilizer), name="epsilon_gamma_box")
 
 
-def _epsilon_alpha2_beta1(epsilon=1e-6, stabilizer=1e-6, **_):
+def _epsilon_alpha2_beta1(epsilon=1e-6, stabilizer=1e-6):
     return Composite(conv=lambda: AlphaBeta(2.0, 1.0, stabilizer), dense=lambda: Epsilon(epsilon),
                      name="epsilon_alpha2_beta1")
 
 
-def _epsilon_alpha2_beta1_flat(epsilon=1e-6, stabilizer=1e-6, **_):
+def _epsilon_alpha2_beta1_flat(epsilon=1e-6, stabilizer=1e-6):
     return Composite(conv=lambda: AlphaBeta(2.0, 1.0, stabilizer), dense=lambda: Epsilon(epsilon),
                      first=lambda: Flat(stabilizer), name="epsilon_alpha2_beta1_flat")
 
 
-def _zplus(stabilizer=1e-6, bias=True, **_):
+def _zplus(stabilizer=1e-6, bias=True):
     return Composite(conv=lambda: ZPlus(stabilizer, bias), dense=lambda: ZPlus(stabilizer, bias), name="zplus")
 
 
-def _zplus_box(stabilizer=1e-9, bias=False, low=None, high=None, **_):
+def _zplus_box(stabilizer=1e-9, bias=False, low=None, high=None):
     return Composite(conv=lambda: ZPlus(stabilizer, bias), dense=lambda: ZPlus(stabilizer, bias),
                      first=lambda: ZBox(low, high, stabilizer), name="zplus_box")
 
@@ -199,6 +202,17 @@ PRESETS: Dict[str, Callable[..., Composite]] = {
 }
 
 
+def preset_keywords(name: Optional[str] = None) -> List[str]:
+    """The keyword overrides a preset takes (``name``), or those of any preset (``None``)."""
+    def named(fn: Callable[..., Any]) -> List[str]:
+        return [p.name for p in inspect.signature(fn).parameters.values()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+    if name is not None:
+        return named(PRESETS[name])
+    return sorted({k for fn in PRESETS.values() for k in named(fn)})
+
+
 def get_composite(composite: Union[str, Composite, None] = None, relevance_filter: Any = None,
                   **kwargs: Any) -> Composite:
     """Resolve a preset name (with keyword overrides such as ``epsilon=1e-12``,
@@ -206,8 +220,14 @@ def get_composite(composite: Union[str, Composite, None] = None, relevance_filte
     ``relevance_filter`` (a fraction or a :class:`~captum_rap.rules.RelevanceFilter`
     template) adds the relevance filter (:func:`with_relevance_filter`).
 
+    A keyword that no preset takes is an error (a misspelt ``gama=`` is not silently
+    dropped); a keyword of another preset that this one does not use (``low`` for
+    ``"epsilon_plus"``) is ignored with a warning.  Values are checked by the rules
+    (non-finite or negative stabilizers, ``low > high``: ValueError).
+
     Raises:
-        ValueError: unknown preset name (the message lists the valid ones).
+        TypeError: a keyword no preset takes, or keywords with a :class:`Composite`.
+        ValueError: unknown preset name (the message lists the valid ones), a bad value.
     """
     if relevance_filter is not None:
         return with_relevance_filter(get_composite(composite, **kwargs), relevance_filter)
@@ -215,13 +235,24 @@ def get_composite(composite: Union[str, Composite, None] = None, relevance_filte
         composite = "epsilon"
     if isinstance(composite, Composite):
         if kwargs:
-            raise ValueError("keyword overrides only apply to preset names, not Composite objects")
+            raise TypeError(f"keyword overrides ({', '.join(sorted(kwargs))}) only apply to preset names, "
+                            "not to Composite objects (set them on the Composite's rules)")
         return composite
     if isinstance(composite, str):
         key = composite.lower().replace("-", "_")
         if key not in PRESETS:
             raise ValueError(f"unknown LRP preset {composite!r}; choose one of {sorted(PRESETS)}")
-        return PRESETS[key](**kwargs)
+        own = preset_keywords(key)
+        known = preset_keywords()
+        unknown = sorted(k for k in kwargs if k not in own and k not in known)
+        if unknown:
+            raise TypeError(f"unknown keyword argument(s) {', '.join(map(repr, unknown))} for LRP preset "
+                            f"{key!r}; it takes {', '.join(own) or 'none'}")
+        unused = sorted(k for k in kwargs if k not in own)
+        if unused:
+            warnings.warn(f"LRP preset {key!r} does not use {', '.join(map(repr, unused))} (it takes "
+                          f"{', '.join(own) or 'none'}); ignored", UserWarning, stacklevel=3)
+        return PRESETS[key](**{k: v for k, v in kwargs.items() if k in own})
     raise TypeError(f"composite must be a preset name or a Composite, got {type(composite).__name__}")
 
 

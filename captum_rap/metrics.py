@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ._compat import TargetType
+from ._guard import ModelStateGuard
 
 __all__ = ["region_perturbation", "RegionPerturbationResult", "relevance_distribution", "aopc"]
 
@@ -300,9 +301,12 @@ def region_perturbation(
         :class:`RegionPerturbationResult` with ``curves``, ``drops``, ``normalized_drops``,
         ``aopc`` (N,), ``probability_curves``, ``patch_order`` and the settings.
 
+    The model is left as it was: in training mode (a warning is given) its buffers, e.g.
+    batch-norm running statistics, are restored after the forward passes.
+
     Raises:
-        ValueError: bad ``order``, ``score``, ``replacement``, ``patch_size``, ``steps`` or
-            mismatched shapes.
+        ValueError: bad ``order``, ``score``, ``replacement``, ``patch_size``, ``steps``,
+            mismatched shapes, or NaN / infinite attributions or inputs.
 
     Examples::
 
@@ -319,6 +323,11 @@ def region_perturbation(
     """
     x = _as_tensor_input(inputs, "inputs").detach()
     a = _as_tensor_input(attributions, "attributions").detach()
+    if a.is_floating_point() and not bool(torch.isfinite(a).all()):
+        raise ValueError("region_perturbation: the attributions contain NaN or infinite values; they do not "
+                         "define a removal order")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError("region_perturbation: the inputs contain NaN or infinite values")
     if order not in ("morf", "lerf"):
         raise ValueError(f"region_perturbation: order must be 'morf' or 'lerf', got {order!r}")
     if score not in ("logit", "softmax"):
@@ -363,8 +372,18 @@ def region_perturbation(
     rank.scatter_(1, patch_order, torch.arange(n_patches, device=device).expand(n, -1).contiguous())
     rank_map = rank[:, ids]                                               # (N, S) rank per position
 
-    repl = _replacement(xs, replacement, patch, blur_sigma)
-    repl = torch.broadcast_to(repl, xs.shape) if repl.shape != xs.shape else repl
+    if flat_input and (isinstance(replacement, Tensor) or callable(replacement)):
+        # the user's replacement sees (and may return) the (N, D) layout of the inputs
+        repl = _replacement(x, replacement, patch, blur_sigma)
+        if repl.dim() >= 1:
+            repl = repl.unsqueeze(-2)
+    else:
+        repl = _replacement(xs, replacement, patch, blur_sigma)
+    try:
+        repl = torch.broadcast_to(repl, xs.shape) if repl.shape != xs.shape else repl
+    except RuntimeError:
+        raise ValueError(f"region_perturbation: the replacement of shape {tuple(repl.shape)} does not "
+                         f"broadcast to the inputs of shape {tuple(x.shape)}") from None
     counts = torch.arange(steps + 1, device=device) * patches_per_step   # patches removed at k
 
     # rows (example n, step k): all k = 0 rows first (they fix target=None), then k >= 1
@@ -391,7 +410,10 @@ def region_perturbation(
         else:
             has_probs = False
 
-    with torch.no_grad():
+    train_warning = ("region_perturbation: the model is in training mode: batch norm would use (and update) "
+                     "the statistics of each forward batch, so the curves would depend on batch_size, and "
+                     "dropout is random; call model.eval() first (the model's buffers are restored)")
+    with torch.no_grad(), ModelStateGuard(forward_func, warn=train_warning):
         chunks = [(s0, min(s0 + batch_size, n)) for s0 in range(0, n, batch_size)]
         chunks += [(s0, min(s0 + batch_size, total)) for s0 in range(n, total, batch_size)]
         for i, (s0, s1) in enumerate(chunks):
@@ -500,6 +522,10 @@ def relevance_distribution(
     tensors = attributions if isinstance(attributions, (tuple, list)) else (attributions,)
     flat: List[Tensor] = []
     for t in tensors:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"relevance_distribution: attributions must be tensors, got {type(t).__name__}")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError("relevance_distribution: the attributions contain NaN or infinite values")
         t = t.detach().to(torch.float64)
         if sum_channels and t.dim() > 2:
             t = t.sum(dim=1)

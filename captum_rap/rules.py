@@ -16,12 +16,14 @@ the output relevance ``R`` for a fixed forward pass.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from ._compat import CaptumIdentityRule, PropagationRule
+from ._compat import (CaptumAlpha1Beta0Rule, CaptumEpsilonRule, CaptumGammaRule, CaptumIdentityRule,
+                      PropagationRule)
 from ._engine import AffineOp, LayerInfo, per_example, safe_divide, stabilize
 
 __all__ = [
@@ -51,6 +53,51 @@ __all__ = [
 ]
 
 _PropagateResult = Tuple[Optional[Tensor], Optional[Tensor]]
+
+
+def check_hyperparameter(owner: str, name: str, value: Any, minimum: float = 0.0,
+                         maximum: Optional[float] = None, strict: bool = False) -> float:
+    """``value`` as a finite float ``>= minimum`` (``> minimum`` if ``strict``) and
+    ``<= maximum``; TypeError for a non-number (``bool`` included), ValueError naming
+    ``owner`` and ``name`` for NaN, infinity or a value out of range.  One-element tensors
+    are read as numbers."""
+    if isinstance(value, Tensor) and value.numel() == 1 and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: {name} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{owner}: {name} must be finite, got {value!r}")
+    if v < minimum or (strict and v == minimum) or (maximum is not None and v > maximum):
+        low = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        rng = low if maximum is None else f"{low} and <= {maximum:g}"
+        raise ValueError(f"{owner}: {name} must be {rng}, got {value!r}")
+    return v
+
+
+def check_flag(owner: str, name: str, value: Any) -> bool:
+    """``value`` as a bool (``True``/``False`` only); TypeError otherwise."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be True or False, got {value!r}")
+    return value
+
+
+def floored_epsilon(epsilon: float, dtype: torch.dtype) -> float:
+    """A positive stabilizer no smaller than the smallest normal number of ``dtype`` (a
+    smaller one underflows to 0 there, e.g. ``1e-9`` in float16, and ``0 / 0`` would give
+    NaN maps); ``0`` stays ``0`` (the unstabilized rules guard exact zeros themselves)."""
+    if epsilon <= 0 or not dtype.is_floating_point:
+        return epsilon
+    return max(epsilon, float(torch.finfo(dtype).tiny))
+
+
+def _nonneg_inputs(inputs: Any) -> bool:
+    ts = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+    return all(_is_nonneg(t.detach()) for t in ts if isinstance(t, Tensor))
+
+
+def _is_batchnorm(module: Any) -> bool:
+    return isinstance(module, torch.nn.modules.batchnorm._NormBase)
 
 
 class Rule(PropagationRule):
@@ -111,10 +158,11 @@ def _divide(relevance: Tensor, z: Tensor, epsilon: float) -> Tensor:
     outputs with ``z == 0`` pass no relevance (0 instead of 0/0 = NaN): their numerators
     are all 0 (alpha-beta, z+) or their relevance ``R = grad * z`` is 0 (hidden layers),
     and a single NaN would otherwise poison the whole map (e.g. a dead receptive field in a
-    bias-free ReLU network)."""
+    bias-free ReLU network).  A positive ``epsilon`` is floored at the smallest normal
+    number of ``z``'s dtype (:func:`floored_epsilon`)."""
     if epsilon == 0:
         return safe_divide(relevance, z)
-    d = stabilize(z, epsilon)
+    d = stabilize(z, floored_epsilon(epsilon, z.dtype))
     if d.shape == relevance.shape and d.dtype == relevance.dtype:
         return torch.div(relevance, d, out=d)  # into the temporary: one allocation less
     return relevance / d
@@ -147,10 +195,12 @@ class Epsilon(Rule):
     """
 
     def __init__(self, epsilon: float = 1e-6) -> None:
-        self.epsilon = epsilon
-        self.STABILITY_FACTOR = epsilon
+        self.epsilon = check_hyperparameter("Epsilon", "epsilon", epsilon)
+        self.STABILITY_FACTOR = self.epsilon
 
     def _manipulate_weights(self, module, inputs, outputs) -> None:
+        # Captum's LRP computes R_in = x * W^T (R / stab(z)) with the unchanged layer and
+        # STABILITY_FACTOR: exactly this rule
         pass
 
     def propagate(self, op, x, z, relevance, info):
@@ -176,14 +226,30 @@ class Gamma(Rule):
     """
 
     def __init__(self, gamma: float = 0.25, epsilon: float = 1e-6, generalized: bool = True) -> None:
-        self.gamma = gamma
-        self.epsilon = epsilon
-        self.generalized = generalized
-        self.STABILITY_FACTOR = epsilon
+        self.gamma = check_hyperparameter("Gamma", "gamma", gamma)
+        self.epsilon = check_hyperparameter("Gamma", "epsilon", epsilon)
+        self.generalized = check_flag("Gamma", "generalized", generalized)
+        self.STABILITY_FACTOR = self.epsilon
 
     def _manipulate_weights(self, module, inputs, outputs) -> None:
-        if hasattr(module, "weight"):
-            module.weight.data = module.weight.data + self.gamma * module.weight.data.clamp(min=0)
+        """Inside ``captum.attr.LRP``: the layer with ``W + γW⁺`` (and, generalized,
+        ``b + γb⁺``) is this rule where it is exact (``generalized=False`` always; the
+        generalized rule for non-negative inputs and outputs); otherwise it raises rather
+        than computing another rule."""
+        if _is_batchnorm(module) or not hasattr(module, "weight"):
+            raise NotImplementedError(
+                f"captum.attr.LRP cannot compute captum_rap's Gamma on {type(module).__name__}; "
+                "use captum_rap.LRP")
+        if self.generalized:
+            outs = outputs if isinstance(outputs, Tensor) else None
+            if not _nonneg_inputs(inputs) or outs is None or not _is_nonneg(outs.detach()):
+                raise NotImplementedError(
+                    "captum.attr.LRP can only compute captum_rap's generalized Gamma for a layer with "
+                    f"non-negative inputs and outputs ({type(module).__name__} here has negative ones); use "
+                    "captum_rap.LRP, or Gamma(generalized=False) (Captum's GammaRule)")
+            if getattr(module, "bias", None) is not None:
+                module.bias.data = module.bias.data + self.gamma * module.bias.data.clamp(min=0)
+        module.weight.data = module.weight.data + self.gamma * module.weight.data.clamp(min=0)
 
     def propagate(self, op, x, z, relevance, info):
         g = self.gamma
@@ -207,7 +273,8 @@ class Gamma(Rule):
             sg = torch.sign(z)
             zsel = torch.clamp(z, max=0).add_(p.mul_(sg)).mul_(g).add_(z)
             # stab(z_sel): z_sel has the sign of z where z != 0 (and R is masked where z == 0)
-            den = zsel.abs_().add_(self.epsilon).copysign_(sg) if self.epsilon else zsel
+            eps = floored_epsilon(self.epsilon, z.dtype)
+            den = zsel.abs_().add_(eps).copysign_(sg) if eps else zsel
             s = torch.mul(relevance, sg.abs(), out=p).div_(den).nan_to_num_(nan=0.0, posinf=0.0,
                                                                               neginf=0.0)
             m = sg.clamp(min=0)  # [z > 0]
@@ -247,19 +314,27 @@ class AlphaBeta(Rule):
     """
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, epsilon: float = 1e-6, bias: bool = True) -> None:
-        if alpha < 0 or beta < 0:
-            raise ValueError(f"alpha and beta must be non-negative, got alpha={alpha}, beta={beta}")
-        self.alpha = alpha
-        self.beta = beta
-        self.epsilon = epsilon
-        self.bias = bias
-        self.STABILITY_FACTOR = epsilon
+        name = type(self).__name__
+        self.alpha = check_hyperparameter(name, "alpha", alpha)
+        self.beta = check_hyperparameter(name, "beta", beta)
+        self.epsilon = check_hyperparameter(name, "epsilon", epsilon)
+        self.bias = check_flag(name, "bias", bias)
+        self.STABILITY_FACTOR = self.epsilon
 
     def _manipulate_weights(self, module, inputs, outputs) -> None:
-        if self.alpha == 1 and self.beta == 0 and hasattr(module, "weight"):
+        """Inside ``captum.attr.LRP`` only z⁺ (α = 1, β = 0) on non-negative inputs is
+        expressible (the layer with ``W⁺`` and ``b⁺``, or no bias with ``bias=False``);
+        anything else raises rather than computing another rule."""
+        if (self.alpha == 1 and self.beta == 0 and hasattr(module, "weight") and not _is_batchnorm(module)
+                and _nonneg_inputs(inputs)):
             module.weight.data = module.weight.data.clamp(min=0)
+            if getattr(module, "bias", None) is not None:
+                b = module.bias.data
+                module.bias.data = b.clamp(min=0) if self.bias else torch.zeros_like(b)
             return
-        super()._manipulate_weights(module, inputs, outputs)
+        raise NotImplementedError(
+            f"captum.attr.LRP cannot compute {self!r} on this {type(module).__name__} (its weight "
+            "manipulation expresses z+ on non-negative inputs only); use captum_rap.LRP instead")
 
     def propagate(self, op, x, z, relevance, info):
         w = op.weight
@@ -332,6 +407,20 @@ class ZPlus(AlphaBeta):
 BoundType = Union[float, Tensor, None]
 
 
+def _check_bound(name: str, bound: Any) -> BoundType:
+    """A z^B bound: None, a finite number or a finite floating tensor."""
+    if bound is None:
+        return None
+    if isinstance(bound, Tensor):
+        if not (bound.is_floating_point() or bound.dtype in (torch.int32, torch.int64, torch.int16, torch.int8,
+                                                             torch.uint8)):
+            raise TypeError(f"ZBox: {name} must be a number or a real tensor, got a {bound.dtype} tensor")
+        if not bool(torch.isfinite(bound.detach()).all()):
+            raise ValueError(f"ZBox: {name} must be finite, got a tensor with NaN or infinite entries")
+        return bound.detach() if bound.is_floating_point() else bound.detach().double()
+    return check_hyperparameter("ZBox", name, bound, minimum=-math.inf)
+
+
 class ZBox(Rule):
     r"""LRP-z^B (Montavon et al. 2017) for the input layer of a bounded input domain
     ``low ≤ x ≤ high``:
@@ -348,10 +437,20 @@ class ZBox(Rule):
     needs_input_layer = True
 
     def __init__(self, low: BoundType = None, high: BoundType = None, epsilon: float = 1e-6) -> None:
-        self.low = low
-        self.high = high
-        self.epsilon = epsilon
-        self.STABILITY_FACTOR = epsilon
+        self.low = _check_bound("low", low)
+        self.high = _check_bound("high", high)
+        if self.low is not None and self.high is not None:
+            lo = self.low if isinstance(self.low, Tensor) else torch.tensor(self.low, dtype=torch.float64)
+            hi = self.high if isinstance(self.high, Tensor) else torch.tensor(self.high, dtype=torch.float64)
+            try:
+                bad = bool((lo.detach().double().cpu() > hi.detach().double().cpu()).any())
+            except RuntimeError:
+                raise ValueError(f"ZBox: low of shape {tuple(lo.shape)} and high of shape {tuple(hi.shape)} "
+                                 "do not broadcast") from None
+            if bad:
+                raise ValueError(f"ZBox: low must be <= high, got low={low!r}, high={high!r}")
+        self.epsilon = check_hyperparameter("ZBox", "epsilon", epsilon)
+        self.STABILITY_FACTOR = self.epsilon
 
     @staticmethod
     def _bound(bound: BoundType, x: Tensor, op: str, axis: Optional[int] = 0) -> Tensor:
@@ -387,8 +486,8 @@ class Flat(Rule):
     needs_input_layer = True
 
     def __init__(self, epsilon: float = 1e-6) -> None:
-        self.epsilon = epsilon
-        self.STABILITY_FACTOR = epsilon
+        self.epsilon = check_hyperparameter(type(self).__name__, "epsilon", epsilon)
+        self.STABILITY_FACTOR = self.epsilon
 
     def propagate(self, op, x, z, relevance, info):
         ones_w = torch.ones_like(op.weight)
@@ -409,8 +508,8 @@ class WSquare(Rule):
     needs_input_layer = True
 
     def __init__(self, epsilon: float = 1e-6) -> None:
-        self.epsilon = epsilon
-        self.STABILITY_FACTOR = epsilon
+        self.epsilon = check_hyperparameter(type(self).__name__, "epsilon", epsilon)
+        self.STABILITY_FACTOR = self.epsilon
 
     def propagate(self, op, x, z, relevance, info):
         w2 = op.weight * op.weight
@@ -421,9 +520,10 @@ class WSquare(Rule):
 
 
 class PassThrough(Rule, CaptumIdentityRule):
-    r"""Identity rule ``R_in = R_out`` for element-wise layers such as batch norm (the
-    normalisation layer is treated as if it were not there).  Also usable in Captum's
-    ``LRP`` (it behaves like Captum's ``IdentityRule``)."""
+    r"""Identity rule ``R_in = R_out`` for layers whose input and output have the same
+    shape: batch norm (the normalisation layer is treated as if it were not there), a
+    square ``nn.Linear``, a shape-preserving convolution.  Also usable in Captum's ``LRP``
+    (it is Captum's ``IdentityRule``)."""
 
     def __init__(self) -> None:
         self.STABILITY_FACTOR = 1e-9
@@ -432,12 +532,19 @@ class PassThrough(Rule, CaptumIdentityRule):
         pass
 
     def check_layer(self, info: LayerInfo) -> Optional[str]:
-        if not info.is_norm:
-            return ("PassThrough needs a layer whose input and output have the same shape (the affine "
-                    "part of a batch, layer, group, instance or RMS norm).")
+        if info.kind == "batchnorm" or info.is_norm:
+            return None
+        w = getattr(info.module, "weight", None)
+        if info.kind == "linear" and isinstance(w, Tensor) and w.dim() == 2 and w.shape[0] != w.shape[1]:
+            return (f"PassThrough (identity) needs a layer whose input and output have the same shape; this "
+                    f"Linear maps {w.shape[1]} features to {w.shape[0]}.")
         return None
 
     def propagate(self, op, x, z, relevance, info):
+        if tuple(relevance.shape) != tuple(x.shape):
+            raise ValueError(f"PassThrough (identity) on '{info.name}': the layer maps an input of shape "
+                             f"{tuple(x.shape)} to an output of shape {tuple(z.shape)}; the identity rule needs "
+                             "the same shape")
         return None, relevance
 
 
@@ -516,18 +623,20 @@ class ConstantSoftmax(OperationRule):
     constant = True
 
 
-# Captum-style names ---------------------------------------------------------------------
-EpsilonRule = Epsilon
-GammaRule = Gamma
+# Captum's names ----------------------------------------------------------------------------
+# The names Captum uses are Captum's own rule classes (swapping the import between
+# captum.attr._utils.lrp_rules and captum_rap.rules gives the same map); in captum_rap.LRP
+# they compute what captum.attr.LRP computes (see :func:`from_captum_rule`).  captum_rap's
+# own rules keep their own names (Epsilon, Gamma, ZPlus, ...).
+EpsilonRule = CaptumEpsilonRule
+GammaRule = CaptumGammaRule
+Alpha1_Beta0_Rule = CaptumAlpha1Beta0Rule
+IdentityRule = CaptumIdentityRule
+
+# Captum-style names of rules Captum does not have
 ZBoxRule = ZBox
 FlatRule = Flat
 WSquareRule = WSquare
-IdentityRule = PassThrough
-
-
-def Alpha1_Beta0_Rule(epsilon: float = 1e-6, bias: bool = True) -> ZPlus:  # noqa: N802
-    """Captum-style alias of :class:`ZPlus` (α = 1, β = 0)."""
-    return ZPlus(epsilon=epsilon, bias=bias)
 
 
 def Alpha2_Beta1_Rule(epsilon: float = 1e-6, bias: bool = True) -> AlphaBeta:  # noqa: N802
@@ -545,7 +654,7 @@ class _CaptumWeightRule(Rule):
 
     def __init__(self, weight_fn, epsilon: float, use_bias: bool, name: str) -> None:
         self.weight_fn = weight_fn
-        self.epsilon = epsilon
+        self.epsilon = float(epsilon)
         self.use_bias = use_bias
         self.STABILITY_FACTOR = epsilon
         self._name = name
@@ -614,14 +723,13 @@ class RelevanceFilter(Rule):
 
     def __init__(self, rule: Any = None, top_k: float = 0.1, mode: str = "value",
                  output_layer: bool = False) -> None:
-        if not 0 < float(top_k) <= 1:
-            raise ValueError(f"RelevanceFilter: top_k must be in (0, 1], got {top_k}")
+        top_k = check_hyperparameter("RelevanceFilter", "top_k", top_k, 0.0, 1.0, strict=True)
         if mode not in ("value", "abs"):
             raise ValueError(f"RelevanceFilter: mode must be 'value' or 'abs', got {mode!r}")
         self.rule = None if rule is None else from_captum_rule(rule)
         self.top_k = float(top_k)
         self.mode = mode
-        self.output_layer = output_layer
+        self.output_layer = check_flag("RelevanceFilter", "output_layer", output_layer)
         self.STABILITY_FACTOR = getattr(self.rule, "STABILITY_FACTOR", 1e-9)
 
     @property

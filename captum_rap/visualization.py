@@ -1,5 +1,10 @@
 """Figures for signed relevance maps (RAP's relevant / irrelevant parts), built on Captum's
-``visualize_image_attr`` / ``visualize_image_attr_multiple`` (which take HWC numpy arrays)."""
+``visualize_image_attr`` / ``visualize_image_attr_multiple`` (which take HWC numpy arrays).
+
+Colours (every figure of this module, as in the RAP paper): red = relevant (positive
+relevance), blue = irrelevant (negative relevance); signed maps use the blue-white-red
+``"bwr"`` colormap with a scale symmetric around 0.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +18,24 @@ __all__ = ["to_hwc", "positive_negative", "visualize_rap", "visualize_rap_grid"]
 ArrayLike = Union[Tensor, np.ndarray]
 
 
-def to_hwc(image: ArrayLike) -> np.ndarray:
-    """(C, H, W) or (1, C, H, W) tensor/array -> (H, W, C) float numpy array.  (H, W, C)
-    arrays and (H, W) maps pass through (a 2-D map gets a channel axis)."""
-    arr = image.detach().cpu().double().numpy() if isinstance(image, Tensor) else np.asarray(image, dtype=float)
+_IMAGE_CHANNELS = (1, 3, 4)
+
+
+def to_hwc(image: ArrayLike, layout: Optional[str] = None) -> np.ndarray:
+    """One image or map -> (H, W, C) float numpy array.
+
+    Args:
+        image (Tensor or ndarray): (C, H, W), (1, C, H, W), (H, W, C) or (H, W).
+        layout (str, optional): ``"chw"`` or ``"hwc"`` for a 3-D (or 4-D) input.  Default:
+            tensors are PyTorch's (C, H, W) (any number of channels, any width) unless
+            only the last axis looks like image channels (1, 3 or 4) and the first does
+            not; numpy arrays are matplotlib's (H, W, C) unless only the first axis looks
+            like image channels.  A 2-D map gets a channel axis.
+    """
+    if layout not in (None, "chw", "hwc"):
+        raise ValueError(f"layout must be None, 'chw' or 'hwc', got {layout!r}")
+    is_tensor = isinstance(image, Tensor)
+    arr = image.detach().cpu().double().numpy() if is_tensor else np.asarray(image, dtype=float)
     if arr.ndim == 4:
         if arr.shape[0] != 1:
             raise ValueError(f"expected one example, got a batch of {arr.shape[0]}")
@@ -25,22 +44,38 @@ def to_hwc(image: ArrayLike) -> np.ndarray:
         return arr[..., None]
     if arr.ndim != 3:
         raise ValueError(f"expected an image of 2-4 dims, got shape {arr.shape}")
-    if arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+    if layout is None:
+        first, last = arr.shape[0] in _IMAGE_CHANNELS, arr.shape[-1] in _IMAGE_CHANNELS
+        if is_tensor:
+            layout = "hwc" if last and not first else "chw"
+        else:
+            layout = "chw" if first and not last else "hwc"
+    if layout == "chw":
         arr = np.transpose(arr, (1, 2, 0))
     return arr
 
 
-def positive_negative(attribution: ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
+def _finite(arr: np.ndarray, what: str) -> np.ndarray:
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{what} contains NaN or infinite values; nothing can be drawn")
+    return arr
+
+
+def positive_negative(attribution: ArrayLike, layout: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Channel-summed relevant (positive) and irrelevant (negative) parts of one map, as
-    in the RAP paper's figures: ``(pos, neg)`` with ``pos >= 0`` and ``neg <= 0``, (H, W)."""
-    heat = to_hwc(attribution).sum(-1)
+    in the RAP paper's figures: ``(pos, neg)`` with ``pos >= 0`` and ``neg <= 0``, (H, W).
+    ``layout`` as for :func:`to_hwc`.
+
+    Raises:
+        ValueError: the map contains NaN or infinite values."""
+    heat = _finite(to_hwc(attribution, layout), "the attribution").sum(-1)
     return np.clip(heat, 0, None), np.clip(heat, None, 0)
 
 
 def _display_image(original_image: Optional[ArrayLike]) -> Optional[np.ndarray]:
     if original_image is None:
         return None
-    img = to_hwc(original_image)
+    img = _finite(to_hwc(original_image), "original_image")
     lo, hi = float(img.min()), float(img.max())
     if lo < 0 or hi > 1:  # a normalised network input: rescale to [0, 1] for display
         img = (img - lo) / (hi - lo if hi > lo else 1.0)
@@ -56,10 +91,13 @@ def visualize_rap(
     fig_size: Tuple[int, int] = (12, 3),
     outlier_perc: float = 1.0,
     use_pyplot: bool = False,
+    layout: Optional[str] = None,
     **kwargs: Any,
 ):
     r"""Original image, relevant (positive), irrelevant (negative) and the signed map of one
-    example side by side, as in the RAP paper.
+    example side by side, as in the RAP paper: relevant in red (``"Reds"``), irrelevant in
+    blue (``"Blues"``), the signed map in blue-white-red (``"bwr"``, red = relevant), the
+    colours of :func:`visualize_rap_grid`.  An all-zero part is drawn as an empty panel.
 
     Args:
         attribution (Tensor or ndarray): one map, (C, H, W), (1, C, H, W) or (H, W, C).
@@ -69,11 +107,16 @@ def visualize_rap(
         fig_size (tuple): matplotlib figure size.
         outlier_perc (float): Captum's outlier percentile for the colour scale.
         use_pyplot (bool): draw with pyplot (notebooks) instead of a bare Figure.
+        layout (str, optional): ``"chw"`` / ``"hwc"`` layout of ``attribution`` (see
+            :func:`to_hwc`).
         **kwargs: passed to ``captum.attr.visualization.visualize_image_attr`` (one call
-            per panel; an empty part is drawn as an empty panel).
+            per panel; ``cmap`` replaces the colours of every panel).
 
     Returns:
         ``(figure, axes)`` from Captum.
+
+    Raises:
+        ValueError: the map (or the image) contains NaN or infinite values.
 
     Examples::
 
@@ -85,9 +128,11 @@ def visualize_rap(
     from matplotlib import pyplot as plt
     from matplotlib.figure import Figure
 
-    attr = to_hwc(attribution)
+    attr = _finite(to_hwc(attribution, layout), "the attribution")
     img = _display_image(original_image)
-    pos, neg = positive_negative(attr)
+    pos, neg = positive_negative(attr, "hwc")
+    cmaps = {"positive": "Reds", "negative": "Blues", "all": "bwr"}
+    user_cmap = kwargs.pop("cmap", None)
     panels = [("heat_map", "positive", "relevant (positive)", bool((pos > 0).any())),
               ("heat_map", "negative", "irrelevant (negative)", bool((neg < 0).any())),
               ("heat_map", "all", "signed", bool((pos > 0).any() or (neg < 0).any()))]
@@ -97,9 +142,15 @@ def visualize_rap(
     fig = plt.figure(figsize=fig_size) if use_pyplot else Figure(figsize=fig_size)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (method, sign, _, non_empty), title in zip(axes, panels, names):
-        if non_empty:
+        if method == "original_image":  # drawn here: Captum would scale the (maybe all-zero) map
+            ax.imshow(img)
+            ax.set_title(title)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        elif non_empty:
             viz.visualize_image_attr(attr, img, method=method, sign=sign, plt_fig_axis=(fig, ax),
-                                     use_pyplot=False, title=title, outlier_perc=outlier_perc, **kwargs)
+                                     use_pyplot=False, title=title, outlier_perc=outlier_perc,
+                                     cmap=user_cmap or cmaps[sign], **kwargs)
         else:  # Captum cannot scale an empty part; show it as an empty panel
             ax.imshow(np.zeros(attr.shape[:2]), cmap="Greys", vmin=0, vmax=1)
             ax.set_title(f"{title}: none")
@@ -115,7 +166,9 @@ def visualize_rap_grid(
     cell_size: float = 2.6,
 ):
     r"""Several signed maps of the same image (e.g. RAP vs LRP presets) in one figure:
-    one row per map with its relevant and irrelevant parts, each scaled symmetrically.
+    one row per map with its relevant (red, ``"Reds"``) and irrelevant (blue, ``"Blues"``)
+    parts and the signed map (``"bwr"``, red = relevant), each row on one scale: the 99.5th
+    percentile of ``|map|`` (the colours of :func:`visualize_rap`).
 
     Args:
         attributions (sequence): maps of one example, each (C, H, W) or (H, W, C).

@@ -553,19 +553,20 @@ def test_argument_validation(tiny_image):
         (dict(percentile_include=10), ValueError, r"\[15, 100\]"),
         (dict(percentile_include=float("nan")), ValueError, "percentile_include"),
         (dict(num_iters=-1), ValueError, "num_iters"), (dict(num_iters=1.5), ValueError, "num_iters"),
-        (dict(target=4), ValueError, r"target.*\[0, 3\]"), (dict(target=-1), ValueError, "target"),
-        (dict(target=2.7), ValueError, "target"), (dict(target="1"), TypeError, "target"),
+        (dict(target=4), ValueError, r"target.*\[-4, 3\]"), (dict(target=-5), ValueError, "target"),
+        (dict(target=2.7), TypeError, "target"), (dict(target="1"), TypeError, "target"),
     ]
     for kw, exc, msg in bad:
         with pytest.raises(exc, match=msg):
             a.hierarchy(x, **{"sweep_dim": 3, **kw})
     h = a.hierarchy(x, sweep_dim=np.int64(3), target=torch.tensor(2), num_iters=1)
     assert h.target == 2 and h.sweep_dim == 3
+    assert a.hierarchy(x, sweep_dim=3, target=-2, num_iters=1).target == 2  # as Captum's indexing
     m_t, ids, _ = _tiny_text_case(3)
     t = ACD(m_t, batch_dim=1)
     T = ids.shape[0]
     bad_t = [
-        (dict(target=2), ValueError, r"\[0, 1\]"), (dict(target=-1), ValueError, "target"),
+        (dict(target=2), ValueError, r"\[-2, 1\]"), (dict(target=-3), ValueError, "target"),
         (dict(percentile_include=-1), ValueError, r"\[0, 100\]"),
         (dict(percentile_include=float("nan")), ValueError, "percentile_include"),
         (dict(num_iters=-3), ValueError, "num_iters"), (dict(sweep_dim=0), ValueError, "sweep_dim"),

@@ -232,7 +232,7 @@ def test_has_convergence_delta():
     attr, delta = lrp.attribute(x, target=1, return_convergence_delta=True)
     with torch.no_grad():
         logit = cnn(x)[:, 1]
-    assert torch.allclose(delta, attr.reshape(3, -1).sum(1) - logit, atol=1e-12)
+    assert torch.allclose(delta, logit - attr.reshape(3, -1).sum(1), atol=1e-12)  # Captum's LRP sign
     assert torch.allclose(lrp.compute_convergence_delta(attr, logit), delta, atol=1e-12)
     # with biases, the biases absorb relevance: the delta is not 0
     assert float(delta.abs().max()) > 1e-6

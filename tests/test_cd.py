@@ -1141,7 +1141,7 @@ def test_bad_arguments_are_named():
     rel, irr = cd.decompose(x, torch.zeros(0, 1, 28, 28))
     assert rel.shape == irr.shape == (0, 10)
     fm = torch.arange(4).repeat_interleave(7).view(1, 1, 1, 28).expand(1, 1, 28, 28)
-    for target, err in ((-1, ValueError), (10, ValueError), (2.0, TypeError), ([1, 2, 3], ValueError),
+    for target, err in ((-11, ValueError), (10, ValueError), (2.0, TypeError), ([1, 2, 3], ValueError),
                         (torch.tensor([1, 2, 3]), ValueError)):
         with pytest.raises(err, match="target"):
             cd.attribute(torch.cat([x, x]), target=target, feature_mask=fm)

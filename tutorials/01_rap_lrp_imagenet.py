@@ -145,7 +145,8 @@ x0, t_0 = x[:1], int(targets[0])
 lrp_maps = {}
 for preset in PRESETS:
     t0 = time.perf_counter()
-    lrp_maps[preset] = LRP(model, preset, **BOX).attribute(x0, target=t_0)
+    box = BOX if preset.endswith("_box") else {}  # only the box presets take input bounds
+    lrp_maps[preset] = LRP(model, preset, **box).attribute(x0, target=t_0)
     s = float(lrp_maps[preset].sum())
     print(f"LRP {preset:<22}: sum {s:+.4f} = {s / float(logits[0, t_0]):6.1%} of the logit "
           f"({time.perf_counter() - t0:.2f} s)")

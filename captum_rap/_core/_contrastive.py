@@ -32,7 +32,7 @@ from .._compat import (
 )
 from .._engine import AffineOp, LayerInfo, safe_divide
 from ..composites import Composite, get_composite
-from ._propagation import PropagationAttribution, target_mask
+from ._propagation import PropagationAttribution, check_flag, check_rule_attributes, target_mask
 
 __all__ = ["ContrastiveAttribution", "NegatedOutputLayer"]
 
@@ -147,8 +147,9 @@ class ContrastiveAttribution(PropagationAttribution):
     def __init__(self, model: nn.Module, composite: Union[str, Composite, None] = "zplus_box",
                  merge_batchnorm: bool = True, **composite_kwargs: Any) -> None:
         super().__init__(model)
+        check_rule_attributes(self.model, type(self).__name__)
         self.composite = get_composite(composite, **composite_kwargs)
-        self.merge_batchnorm = merge_batchnorm
+        self.merge_batchnorm = check_flag(type(self).__name__, "merge_batchnorm", merge_batchnorm)
 
     def _rule_for(self, info: LayerInfo) -> Any:
         return self.composite.rule_for(info)
@@ -242,8 +243,10 @@ class ContrastiveAttribution(PropagationAttribution):
 
     @staticmethod
     def _contrast_delta(diff: Tuple[Tensor, ...], seed_target: Tensor, seed_dual: Tensor) -> Tensor:
+        """``Σ(seed - dual seed) - Σ(R - R_dual)`` (Captum's ``LRP`` sign: output minus
+        attributions)."""
         n = seed_target.shape[0]
-        return per_example_sum(diff, n) - (seed_target - seed_dual).reshape(n, -1).sum(1)
+        return (seed_target - seed_dual).reshape(n, -1).sum(1) - per_example_sum(diff, n)
 
     @staticmethod
     def _pack(is_tuple: bool, attr: Tuple[Tensor, ...], dual: Optional[Tuple[Tensor, ...]],

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple, Union
+import contextlib
+import numbers
+import warnings
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -19,6 +23,130 @@ from .._compat import (
 from .._engine import LayerInfo, Propagator
 
 SeedType = Union[None, Tensor, Callable[[Tensor], Tensor]]
+
+
+def unwrap_model(model: Any, method: str) -> Any:
+    """The module to explain: a ``torch.compile``d module is explained through the module
+    it wraps (same parameters, same function); TorchScript modules and functions are
+    refused with a clear error (their operations are invisible to Python hooks and torch
+    function modes, so no relevance rule could be applied)."""
+    if isinstance(model, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
+        raise TypeError(f"{method}: TorchScript models (torch.jit.script / torch.jit.trace) cannot be "
+                        "explained: their operations run outside Python, where no rule can see them. "
+                        "Pass the original nn.Module instead.")
+    orig = getattr(model, "_orig_mod", None)
+    if isinstance(orig, nn.Module) and type(model).__name__ == "OptimizedModule":
+        return orig
+    return model
+
+
+@contextlib.contextmanager
+def autograd_enabled() -> Iterator[None]:
+    """Gradients on, also inside ``torch.no_grad()`` and ``torch.inference_mode()`` (Captum's
+    ``sensitivity_max`` calls attribution methods under ``no_grad``)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def normal_tensor(t: Any) -> Any:
+    """An inference tensor (created under ``torch.inference_mode()``) as an ordinary tensor
+    (autograd cannot record operations on inference tensors); other values unchanged."""
+    if isinstance(t, Tensor) and t.is_inference():
+        with torch.inference_mode(False):
+            return t.clone()
+    return t
+
+
+def check_rule_attributes(model: nn.Module, method: str) -> None:
+    """Every ``module.rule`` attribute is a propagation rule (or None): TypeError otherwise,
+    at construction (as Captum's ``LRP``)."""
+    from .._compat import PropagationRule
+
+    for name, m in model.named_modules():
+        rule = getattr(m, "rule", None)
+        if rule is not None and not isinstance(rule, PropagationRule) and not callable(
+                getattr(rule, "propagate", None)):
+            raise TypeError(f"{method}: module '{name}' ({type(m).__name__}) has rule={rule!r}, which is not "
+                            "a propagation rule (captum_rap.rules or captum.attr._utils.lrp_rules)")
+
+
+def warn_train_mode_dropout(model: nn.Module, method: str) -> None:
+    """Warn if a dropout module is in training mode: every call would drop other units and
+    give another map."""
+    names = [n or type(m).__name__ for n, m in model.named_modules()
+             if m.training and isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+    if names:
+        shown = ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+        warnings.warn(f"{method}: dropout in training mode ({shown}): each call drops other units and gives "
+                      "another map; call model.eval() first", UserWarning, stacklevel=4)
+
+
+def check_flag(method: str, name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{method}: {name} must be True or False, got {value!r}")
+    return value
+
+
+def _as_index(v: Any, what: str) -> Any:
+    """A Python int for an integer scalar (int, numpy integer, integer 0-dim tensor)."""
+    if isinstance(v, Tensor) and v.numel() == 1 and not v.is_floating_point() and not v.is_complex() \
+            and v.dtype != torch.bool:
+        return int(v.item())
+    if isinstance(v, bool):
+        raise TypeError(f"{what} must be an integer index, got {v!r}")
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    return v
+
+
+def normalize_target(target: Any, outputs: Tensor, method: str) -> Any:
+    """Captum's target forms with numpy integers converted and negative indices counted from
+    the end of the axis they index (as Python does): an int / 0-dim tensor indexes axis 1,
+    a tuple axes ``1 .. len``, a list or 1-D tensor gives one index (or tuple) per example.
+
+    Raises:
+        TypeError: a non-integer target (float, bool, str ...).
+        ValueError: an index out of range for its axis.
+    """
+    if target is None:
+        return None
+    shape = tuple(outputs.shape)
+
+    def fix(v: Any, axis: int) -> int:
+        v = _as_index(v, f"{method}: target")
+        if not isinstance(v, int):
+            raise TypeError(f"{method}: target must hold integer indices, got {v!r}")
+        if axis >= len(shape):
+            raise ValueError(f"{method}: target {target!r} indexes axis {axis} of outputs of shape {shape}")
+        n = shape[axis]
+        if not -n <= v < n:
+            raise ValueError(f"{method}: target {v} is out of range for axis {axis} of the outputs (size {n}, "
+                             f"outputs of shape {shape})")
+        return v + n if v < 0 else v
+
+    def fix_tuple(t: tuple) -> tuple:
+        return tuple(fix(v, 1 + i) for i, v in enumerate(t))
+
+    if isinstance(target, np.ndarray):
+        if target.dtype.kind not in "iu":
+            raise TypeError(f"{method}: target array must hold integers, got dtype {target.dtype}")
+        target = torch.as_tensor(target)
+    if isinstance(target, Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"{method}: target tensor must hold integers, got {target.dtype}")
+        if target.numel() == 1:
+            return fix(target.reshape(()), 1)
+        if target.dim() != 1:
+            raise ValueError(f"{method}: target tensor must be 0-d or 1-d (one index per example), got shape "
+                             f"{tuple(target.shape)}")
+        return torch.tensor([fix(v, 1) for v in target.tolist()], dtype=torch.long, device=target.device)
+    if isinstance(target, tuple):
+        return fix_tuple(target)
+    if isinstance(target, list):
+        if not target:
+            raise ValueError(f"{method}: empty target list")
+        return [fix_tuple(t) if isinstance(t, tuple) else fix(t, 1) for t in target]
+    return fix(target, 1)
 
 
 def check_inputs(inputs: Tuple[Tensor, ...], method: str) -> None:
@@ -43,11 +171,11 @@ def target_mask(outputs: Tensor, target: TargetType, method: str) -> Tensor:
             raise ValueError(f"{method}: target=None needs outputs of shape (N,) or (N, C), got "
                              f"{tuple(outputs.shape)}; pass a target")
         target = outputs.argmax(dim=1)
+    target = normalize_target(target, outputs, method)
     if isinstance(target, Tensor) and target.dim() == 1 and target.numel() != n and target.numel() != 1:
         raise ValueError(f"{method}: target tensor has {target.numel()} entries for a batch of {n}")
     if isinstance(target, list) and len(target) != n:
         raise ValueError(f"{method}: target list has {len(target)} entries for a batch of {n}")
-    _check_target_range(outputs, target, method)
     probe = outputs.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         try:
@@ -62,23 +190,6 @@ def target_mask(outputs: Tensor, target: TargetType, method: str) -> Tensor:
     return mask
 
 
-def _check_target_range(outputs: Tensor, target: Any, method: str) -> None:
-    if outputs.dim() < 2:
-        return
-    ncls = outputs.shape[-1]
-
-    def bad(v: int) -> bool:
-        return v >= ncls or v < -ncls
-
-    if isinstance(target, int) and bad(target):
-        raise ValueError(f"{method}: target {target} is out of range for {ncls} output classes")
-    if isinstance(target, Tensor) and target.numel() > 0 and not target.is_floating_point():
-        if bool((target >= ncls).any() or (target < -ncls).any()):
-            raise ValueError(f"{method}: target {target.tolist()} is out of range for {ncls} output classes")
-    if isinstance(target, list) and target and isinstance(target[0], int) and any(bad(t) for t in target):
-        raise ValueError(f"{method}: target {target} is out of range for {ncls} output classes")
-
-
 class PropagationAttribution(GradientAttribution):
     """Base class: runs the engine with a rule chooser and a seed."""
 
@@ -86,6 +197,7 @@ class PropagationAttribution(GradientAttribution):
     merge_batchnorm = False
 
     def __init__(self, model: nn.Module) -> None:
+        model = unwrap_model(model, type(self).__name__)
         if not isinstance(model, nn.Module):
             raise TypeError(f"{type(self).__name__} needs an nn.Module, got {type(model).__name__}")
         super().__init__(model)
@@ -97,6 +209,9 @@ class PropagationAttribution(GradientAttribution):
 
     def has_convergence_delta(self) -> bool:
         return True
+
+    def attribute_future(self) -> Callable:
+        raise NotImplementedError(f"{type(self).__name__} has no asynchronous (future) variant")
 
     # -- to be provided by subclasses ----------------------------------------------------
     def _rule_for(self, info: LayerInfo) -> Any:
@@ -121,10 +236,11 @@ class PropagationAttribution(GradientAttribution):
         rule_for: Optional[Callable[[LayerInfo], Any]] = None,
     ) -> Tuple[Tuple[Tensor, ...], Tensor, Tensor, bool]:
         is_inputs_tuple = _is_tuple(inputs)
-        inputs_t = _format_tensor_into_tuples(inputs)
+        inputs_t = tuple(normal_tensor(t) for t in _format_tensor_into_tuples(inputs))
         check_inputs(inputs_t, self.method_name)
         extra = _format_additional_forward_args(additional_forward_args)
-        extra = tuple(extra) if extra is not None else ()
+        extra = tuple(normal_tensor(a) for a in extra) if extra is not None else ()
+        warn_train_mode_dropout(self.model, self.method_name)
 
         def seed_fn(outputs: Tensor) -> Tensor:
             if output_relevance is None:
@@ -141,21 +257,24 @@ class PropagationAttribution(GradientAttribution):
 
         prop = Propagator(self.model, rule_for or self._rule_for, method_name=self.method_name,
                           merge_batchnorm=self.merge_batchnorm, op_rule=self._op_rule)
-        rel, outputs, seed = prop.run(inputs_t, extra, seed_fn, layer_hooks=layer_hooks)
+        with autograd_enabled():
+            rel, outputs, seed = prop.run(inputs_t, extra, seed_fn, layer_hooks=layer_hooks)
         return rel, outputs, seed, is_inputs_tuple
 
     @staticmethod
     def _delta(rel: Tuple[Tensor, ...], seed: Tensor) -> Tensor:
+        """``Σ seed − Σ relevance`` per example (Captum's LRP convention: output minus the sum
+        of the attributions)."""
         n = seed.shape[0]
         total = sum(r.reshape(n, -1).sum(1) for r in rel if isinstance(r, Tensor) and r.is_floating_point())
-        return total - seed.reshape(n, -1).sum(1)
+        return seed.reshape(n, -1).sum(1) - total
 
     def compute_convergence_delta(self, attributions, output: Tensor) -> Tensor:  # type: ignore[override]
-        """``Σ attributions − output`` per example (Captum's LRP convention)."""
+        """``output − Σ attributions`` per example (Captum's ``LRP`` convention)."""
         attributions = _format_tensor_into_tuples(attributions)
         n = output.shape[0]
         total = sum(a.reshape(n, -1).sum(1) for a in attributions)
-        return total - output.reshape(n, -1).sum(1)
+        return output.reshape(n, -1).sum(1) - total
 
     def _format(self, rel, outputs, seed, is_inputs_tuple, return_convergence_delta):
         out = _format_output(is_inputs_tuple, rel)

@@ -6,7 +6,7 @@ import json
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from captum_rap._cd.agglomerate import (
     agglomerate_2d,
     collapse_tree,
 )
+from captum_rap._compat import Attribution, _format_output, _format_tensor_into_tuples, _is_tuple, log_usage
 from captum_rap._core.cd import CD
 
 __all__ = ["ACD", "ACDHierarchy", "ACDGroup"]
@@ -63,7 +64,12 @@ def _check_percentile(value: Any, low: float, why: str = "") -> float:
 
 
 def _check_target(target: Any, num_outputs: int) -> int:
-    return _check_int("target", target, 0, num_outputs - 1)
+    """An output index in ``[-C, C - 1]`` (negative: counted from the end, as in Captum)."""
+    if isinstance(target, Tensor) and (target.is_floating_point() or target.is_complex()):
+        raise TypeError(f"target must be an integer output index, got {target!r}")
+    if isinstance(target, numbers.Real) and not isinstance(target, numbers.Integral):
+        raise TypeError(f"target must be an integer output index, got {target!r}")
+    return _check_int("target", target, -num_outputs, num_outputs - 1) % num_outputs
 
 
 def _json_safe(obj: Any) -> Any:
@@ -536,7 +542,7 @@ class ACDHierarchy:
         return fig
 
 
-class ACD:
+class ACD(Attribution):
     r"""Agglomerative contextual decomposition (Singh, Murdoch & Yu, ICLR 2019).
 
     Builds a hierarchy of feature groups by growing the groups with the highest CD scores
@@ -550,6 +556,11 @@ class ACD:
 
     The model is used unchanged (never switched to eval mode nor moved; a warning is
     given if it is in training mode).
+
+    ``ACD`` is a Captum ``Attribution``: :meth:`attribute` returns an input-shaped map
+    (each feature gets the CD score of the first, smallest group it joins in the
+    hierarchy, see there) for Captum's metrics; :meth:`hierarchy` /
+    :meth:`hierarchy_text` return the hierarchy itself.
 
     Args:
         model (nn.Module or callable): the classifier (see :class:`CD` for what it may
@@ -580,9 +591,86 @@ class ACD:
     def __init__(self, model: Callable, reference_compatible: bool = False,
                  batch_size: Optional[int] = None, batch_dim: int = 0,
                  dtype: Optional[torch.dtype] = None, check_precision: bool = True) -> None:
-        self.model = model
         self.cd = CD(model, reference_compatible=reference_compatible, batch_size=batch_size,
                      batch_dim=batch_dim, dtype=dtype, check_precision=check_precision)
+        super().__init__(self.cd.model)
+        self.model = self.cd.model
+
+    def has_convergence_delta(self) -> bool:
+        return False
+
+    # ------------------------------------------------------------------------------
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor]],
+        target: Any = None,
+        additional_forward_args: Any = None,
+        sweep_dim: Optional[int] = None,
+        percentile_include: Optional[float] = None,
+        num_iters: Optional[int] = None,
+        progress: bool = False,
+    ) -> Union[Tensor, Tuple[Tensor]]:
+        r"""Input-shaped ACD map of every example (Captum's ``Attribution`` interface).
+
+        One hierarchy is built per example (:meth:`hierarchy` for floating inputs such
+        as images, :meth:`hierarchy_text` for integer token ids); every feature then gets
+        the CD score of the group it joins first, i.e. at the lowest level where it belongs
+        to a group (for images a blob of blocks, for text a word or a phrase); features
+        that never join a group keep their own (block or word) CD score.  Use
+        :meth:`hierarchy` for the levels themselves.
+
+        Args:
+            inputs (Tensor or tuple of one Tensor): ``(N, C, H, W)`` images or token ids
+                with the batch axis at ``batch_dim``.
+            target (int, Tensor or list, optional): class per example (Captum
+                conventions; negative indices count from the end); None: the class with the
+                largest full-input CD score.
+            additional_forward_args (Any, optional): extra forward arguments (tensors with
+                N entries along the batch axis are split per example).
+            sweep_dim, percentile_include, num_iters (optional): as for :meth:`hierarchy`
+                / :meth:`hierarchy_text`; None: their defaults.
+            progress (bool, optional): progress bar.
+
+        Returns:
+            Tensor or tuple of one Tensor: the map, with the inputs' shape (floating:
+            the inputs' dtype, else the default dtype), in the format of ``inputs``.
+
+        Examples::
+
+            >>> attr = ACD(model).attribute(images, target=labels, sweep_dim=8)
+        """
+        from captum_rap._core.cd import _slice_args
+        from captum_rap._compat import _format_additional_forward_args
+
+        is_tuple = _is_tuple(inputs)
+        inputs_t = _format_tensor_into_tuples(inputs)
+        if len(inputs_t) != 1 or not isinstance(inputs_t[0], Tensor):
+            raise NotImplementedError("ACD.attribute supports a single input tensor")
+        x = inputs_t[0]
+        bd = self.cd.batch_dim
+        if x.dim() <= bd:
+            raise ValueError(f"ACD.attribute: inputs of shape {tuple(x.shape)} have no batch axis {bd}")
+        N = int(x.shape[bd])
+        is_text = not (x.is_floating_point() or x.is_complex())
+        afa = _format_additional_forward_args(additional_forward_args)
+        kw: Dict[str, Any] = {}
+        for name, v in (("sweep_dim", sweep_dim), ("percentile_include", percentile_include),
+                        ("num_iters", num_iters)):
+            if v is not None:
+                kw[name] = v
+        out_dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+        attr = torch.zeros(x.shape, dtype=out_dtype, device=x.device)
+        for n in range(N):
+            xn = x.narrow(bd, n, 1)
+            t = _example_target(target, n, N)
+            afa_n = _slice_args(afa, n, bd) if afa else None
+            if is_text:
+                h = self.hierarchy_text(xn, target=t, additional_forward_args=afa_n, progress=progress, **kw)
+            else:
+                h = self.hierarchy(xn, target=t, additional_forward_args=afa_n, progress=progress, **kw)
+            attr.narrow(bd, n, 1).copy_(_joining_map(h).reshape(xn.shape).to(out_dtype))
+        return _format_output(is_tuple, (attr,))
 
     # ------------------------------------------------------------------------------
     def hierarchy(
@@ -803,6 +891,43 @@ class ACD:
         return ACDHierarchy("text", target, levels, tree, given_shape, unit,
                             scorer.evaluations, lists["reference_cd_calls"], None, words,
                             feature_axes=feature_axes, sweep_dim=sweep_dim)
+
+
+def _example_target(target: Any, n: int, N: int) -> Any:
+    """The target of example ``n`` of ``N`` (Captum's forms: one index for all, or a list /
+    1-D tensor / integer array with one index per example)."""
+    if target is None:
+        return None
+    if isinstance(target, np.ndarray):
+        target = torch.as_tensor(target)
+    if isinstance(target, Tensor):
+        if target.numel() == 1:
+            return target.reshape(())
+        if target.dim() != 1 or target.numel() != N:
+            raise ValueError(f"target tensor of shape {tuple(target.shape)} for {N} inputs (give one index or {N})")
+        return target[n]
+    if isinstance(target, (list, tuple)):
+        if len(target) != N:
+            raise ValueError(f"target list has {len(target)} entries for {N} inputs (one per input, as in Captum)")
+        return target[n]
+    return target
+
+
+def _joining_map(h: "ACDHierarchy") -> Tensor:
+    """Each feature's score in the first (lowest-level) group that contains it; features in
+    no group keep their unit score.  Shape: the hierarchy's ``input_shape`` (float64)."""
+    fmap = np.array(np.asarray(h.unit_scores, dtype=np.float64), copy=True)
+    done = np.zeros(fmap.shape, dtype=bool)
+    for groups in h.levels:
+        for g in groups.values():
+            mask = np.asarray(g.mask, dtype=bool).reshape(fmap.shape)
+            fmap[mask & ~done] = g.score
+            done |= mask
+    t = torch.from_numpy(fmap)
+    view = [1] * len(h.input_shape)
+    for ax, size in zip(h.feature_axes, fmap.shape):
+        view[ax] = size
+    return t.reshape(view).expand(h.input_shape).clone()
 
 
 def to_pixels_scores(grid: np.ndarray, s: int, H: int, W: int) -> np.ndarray:

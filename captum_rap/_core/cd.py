@@ -7,6 +7,7 @@ import numbers
 import warnings
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -224,6 +225,9 @@ class CD(Attribution):
                  batch_size: Optional[int] = None, batch_dim: int = 0,
                  local: Optional[bool] = None, dtype: Optional[torch.dtype] = None,
                  check_precision: bool = True, check_batching: bool = True) -> None:
+        from captum_rap._core._propagation import unwrap_model
+
+        model = unwrap_model(model, "CD")  # compiled: its module; TorchScript: a clear error
         super().__init__(model)
         self.model = model
         self.reference_compatible = bool(reference_compatible)
@@ -285,6 +289,9 @@ class CD(Attribution):
         """
         if not isinstance(inputs, Tensor):
             raise TypeError("decompose expects a tensor input, got %r" % type(inputs).__name__)
+        if inputs.is_inference():  # made under torch.inference_mode(): an ordinary copy
+            with torch.inference_mode(False):
+                inputs = inputs.clone()
         bd = self._batch_axis(inputs)
         if inputs.shape[bd] != 1:
             raise ValueError("decompose expects one input (size 1 along batch_dim=%d), got %s"
@@ -318,6 +325,12 @@ class CD(Attribution):
                              % (tuple(masks.shape), ", ".join(map(str, feat_shape))))
         if masks.is_floating_point() and not bool(torch.isfinite(masks).all()):
             raise ValueError("CD: the masks contain NaN or infinite values")
+        if masks.is_complex():
+            raise TypeError("CD: masks must be real (0/1 or in [0, 1]), got %s" % masks.dtype)
+        if masks.numel() and masks.dtype != torch.bool and bool(((masks < 0) | (masks > 1)).any()):
+            raise ValueError("CD: mask values must lie in [0, 1] (1 = relevant; integer masks hold 0/1), got "
+                             "values in [%g, %g]; group ids belong in attribute(feature_mask=...)"
+                             % (float(masks.min()), float(masks.max())))
         afa = _format_additional_forward_args(additional_forward_args)
         if K == 0:  # no groups: empty scores with the output's width
             with _ModelGuard(self.model, "CD"), torch.no_grad():
@@ -584,9 +597,21 @@ class CD(Attribution):
         x = inputs_t[0]
         fm = None
         if feature_mask is not None:
-            fm = _format_tensor_into_tuples(feature_mask)[0]
+            fms = _format_tensor_into_tuples(feature_mask)
+            if len(fms) != 1 or not isinstance(fms[0], Tensor):
+                raise TypeError("CD: feature_mask must be one integer tensor (or a tuple of one)")
+            fm = fms[0]
+            if fm.is_floating_point() or fm.is_complex():
+                raise TypeError("CD: feature_mask must hold integer group ids (as Captum's FeatureAblation), "
+                                "got a %s tensor" % fm.dtype)
         bd = self._batch_axis(x)
         N = x.shape[bd]
+        if fm is not None and fm.dim() == x.dim() and fm.shape[bd] not in (1, N):
+            raise ValueError("CD: feature_mask has %d masks along the batch axis for %d inputs (give 1 or %d)"
+                             % (fm.shape[bd], N, N))
+        if isinstance(target, list) and len(target) != N:
+            raise ValueError("CD: target list has %d entries for %d inputs (one per input, as in Captum)"
+                             % (len(target), N))
         afa = _format_additional_forward_args(additional_forward_args)
         out_dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
         attr = torch.zeros(x.shape, dtype=out_dtype, device=x.device)
@@ -634,6 +659,10 @@ def _target_for(target, n, logits, N: int = 1) -> int:
     C = int(logits.numel())
     if target is None:
         return int(torch.argmax(logits).item())
+    if isinstance(target, np.ndarray):  # as the propagation methods: integer arrays are index tensors
+        if target.dtype.kind not in "iu":
+            raise TypeError("target must hold integers, got an array of dtype %s" % target.dtype)
+        target = torch.as_tensor(target)
     if isinstance(target, tuple):
         raise NotImplementedError("tuple targets (multi-dimensional outputs) are not supported")
     if isinstance(target, Tensor):
@@ -655,9 +684,9 @@ def _target_for(target, n, logits, N: int = 1) -> int:
         t = t.item()
     if isinstance(t, bool) or not isinstance(t, numbers.Integral):
         raise TypeError("target must be an integer output index, got %r" % (t,))
-    if not 0 <= int(t) < C:
+    if not -C <= int(t) < C:  # negative indices count from the end, as in Captum's indexing
         raise ValueError("target %d is not an output index of a model with %d outputs" % (int(t), C))
-    return int(t)
+    return int(t) % C
 
 
 def _repeat_args(afa, k, bd):

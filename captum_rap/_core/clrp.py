@@ -111,8 +111,9 @@ class CLRP(ContrastiveAttribution):
             additional_forward_args (Any, optional): extra model arguments (no relevance).
             return_convergence_delta (bool, optional): also return, per example, the
                 conservation error of the signed contrast before clipping and normalising:
-                ``Σ(R - R_dual) - Σ(seed - dual seed)`` (the seed sums are equal, so this is
-                ``Σ(R - R_dual)``; 0 for conservative rules such as ``"zplus_box"``).
+                ``Σ(seed - dual seed) - Σ(R - R_dual)`` (Captum's sign; the seed sums are
+                equal, so this is ``-Σ(R - R_dual)``; 0 for conservative rules such as
+                ``"zplus_box"``).
             return_dual (bool, optional): also return the dual map ``R_dual`` (not normalised,
                 not clipped).  Needs the two maps, so it uses the stacked batch.
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple, Union
+from typing import Any, List, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from .._compat import TargetType, log_usage
 from .._engine import LayerInfo
 from ..composites import Composite, get_composite
-from ._propagation import PropagationAttribution, SeedType
+from ._propagation import PropagationAttribution, SeedType, check_flag, check_rule_attributes
 
 
 class LRP(PropagationAttribution):
@@ -60,8 +60,9 @@ class LRP(PropagationAttribution):
     def __init__(self, model: nn.Module, composite: Union[str, Composite, None] = "epsilon",
                  merge_batchnorm: bool = True, **composite_kwargs: Any) -> None:
         super().__init__(model)
+        check_rule_attributes(self.model, type(self).__name__)
         self.composite = get_composite(composite, **composite_kwargs)
-        self.merge_batchnorm = merge_batchnorm
+        self.merge_batchnorm = check_flag(type(self).__name__, "merge_batchnorm", merge_batchnorm)
 
     def _rule_for(self, info: LayerInfo) -> Any:
         return self.composite.rule_for(info)
@@ -87,8 +88,9 @@ class LRP(PropagationAttribution):
                 class for (N, C) outputs.
             additional_forward_args (Any, optional): extra arguments passed to the model
                 after the inputs (they carry no relevance).
-            return_convergence_delta (bool, optional): also return, per example, the sum of
-                input relevance minus the starting relevance (the target logit).
+            return_convergence_delta (bool, optional): also return, per example, the
+                starting relevance (the target logit) minus the sum of input relevance
+                (Captum's ``LRP`` convention: output minus attributions).
             output_relevance (Tensor or callable, optional): starting relevance at the
                 output instead of ``logit * one_hot(target)``: a tensor of the output shape
                 or a function ``outputs -> tensor``.  ``target`` is then ignored.
@@ -119,21 +121,25 @@ class LayerLRP(LRP):
 
     Args:
         model (nn.Module): the model.
-        layer (nn.Module): a submodule of ``model``; if it is called several times, the
-            relevances of all calls are summed.
+        layer (nn.Module or list of nn.Module): a submodule of ``model`` (if it is called
+            several times, the relevances of all calls are summed), or a list of them: then
+            ``attribute`` returns a list with one relevance per layer (and a list of deltas),
+            all from one propagation, as Captum's ``LayerLRP``.
         composite, merge_batchnorm, **composite_kwargs: as for :class:`LRP`.
 
     Examples::
 
         >>> LayerLRP(model, model.layer3).attribute(x, target=5)
+        >>> r3, r4 = LayerLRP(model, [model.layer3, model.layer4]).attribute(x, target=5)
     """
 
     method_name = "LayerLRP"
 
-    def __init__(self, model: nn.Module, layer: nn.Module, composite: Union[str, Composite, None] = "epsilon",
+    def __init__(self, model: nn.Module, layer: Union[nn.Module, Sequence[nn.Module]],
+                 composite: Union[str, Composite, None] = "epsilon",
                  merge_batchnorm: bool = True, **composite_kwargs: Any) -> None:
         super().__init__(model, composite, merge_batchnorm, **composite_kwargs)
-        self.layer = layer
+        self.layer = check_layers(self.model, layer, self.method_name)
 
     @log_usage()
     def attribute(  # type: ignore[override]
@@ -150,40 +156,64 @@ class LayerLRP(LRP):
         Args:
             inputs, target, additional_forward_args, output_relevance: as for
                 :meth:`LRP.attribute`.
-            return_convergence_delta (bool): also return the layer relevance sum minus the
-                starting relevance, per example.
+            return_convergence_delta (bool): also return the starting relevance minus the
+                layer relevance sum, per example (Captum's convention).
             attribute_to_layer_input (bool): relevance at the layer's input instead of its
                 output.
 
         Returns:
-            *Tensor* of the layer output (or input) shape.
+            *Tensor* of the layer output (or input) shape; for a list of layers, a list of
+            them (and a list of deltas).
         """
         return layer_attribute(self, self.layer, inputs, target, additional_forward_args,
                                return_convergence_delta, attribute_to_layer_input, output_relevance)
 
 
-def layer_attribute(method: PropagationAttribution, layer: nn.Module, inputs, target,
+def check_layers(model: nn.Module, layer: Any, method: str) -> Any:
+    """``layer`` (a submodule of ``model``) or a non-empty list of submodules."""
+    layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+    if not layers:
+        raise ValueError(f"{method}: the list of layers is empty")
+    owned = {id(m) for m in model.modules()}
+    for m in layers:
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"{method}: layer must be an nn.Module or a list of them, got {type(m).__name__}")
+        if id(m) not in owned:
+            raise ValueError(f"{method}: the layer {type(m).__name__} is not a submodule of the model")
+    return layers if isinstance(layer, (list, tuple)) else layer
+
+
+def layer_attribute(method: PropagationAttribution, layer: Any, inputs, target,
                     additional_forward_args, return_convergence_delta, attribute_to_layer_input,
                     output_relevance, rule_for=None):
-    """Run ``method``'s propagation and collect the relevance at ``layer``."""
-    collected: List[Tensor] = []
+    """Run ``method``'s propagation and collect the relevance at ``layer`` (or at each
+    layer of a list, from the same propagation)."""
+    check_flag(method.method_name, "attribute_to_layer_input", attribute_to_layer_input)
+    layers = list(layer) if isinstance(layer, list) else [layer]
+    collected: List[List[Tensor]] = [[] for _ in layers]
 
-    def callback(r: Tensor) -> None:
-        collected.append(r.detach())
+    def make_callback(store: List[Tensor]):
+        def callback(r: Tensor) -> None:
+            store.append(r.detach())
+        return callback
 
     with torch.enable_grad():
         _, outputs, seed, _ = method._propagate(
             inputs, target, additional_forward_args, output_relevance,
-            layer_hooks=[(layer, callback, attribute_to_layer_input)], rule_for=rule_for)
-    if not collected:
-        raise ValueError(f"{method.method_name}: the layer {type(layer).__name__} was not called in the "
-                         "forward pass or its activation carries no relevance")
-    shapes = {tuple(c.shape) for c in collected}
-    if len(shapes) != 1:
-        raise ValueError(f"{method.method_name}: the layer was called {len(collected)} times with "
-                         f"different shapes {sorted(shapes)}")
-    rel = torch.stack(collected).sum(0)
-    if return_convergence_delta:
-        n = seed.shape[0]
-        return rel, rel.reshape(n, -1).sum(1) - seed.reshape(n, -1).sum(1)
-    return rel
+            layer_hooks=[(m, make_callback(c), attribute_to_layer_input) for m, c in zip(layers, collected)],
+            rule_for=rule_for)
+    rels: List[Tensor] = []
+    for m, c in zip(layers, collected):
+        if not c:
+            raise ValueError(f"{method.method_name}: the layer {type(m).__name__} was not called in the "
+                             "forward pass or its activation carries no relevance")
+        shapes = {tuple(t.shape) for t in c}
+        if len(shapes) != 1:
+            raise ValueError(f"{method.method_name}: the layer {type(m).__name__} was called {len(c)} times "
+                             f"with different shapes {sorted(shapes)}")
+        rels.append(torch.stack(c).sum(0))
+    n = seed.shape[0]
+    deltas = [seed.reshape(n, -1).sum(1) - r.reshape(n, -1).sum(1) for r in rels]
+    if not isinstance(layer, list):
+        return (rels[0], deltas[0]) if return_convergence_delta else rels[0]
+    return (rels, deltas) if return_convergence_delta else rels

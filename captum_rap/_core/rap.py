@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from .._compat import TargetType, log_usage
 from .._engine import AffineOp, LayerInfo, per_example, safe_divide
-from ..rules import AttnLRPSoftmax, ConstantSoftmax, Rule, SignalTakeAll, Uniform
+from ..rules import (AttnLRPSoftmax, ConstantSoftmax, Rule, SignalTakeAll, Uniform, check_hyperparameter,
+                     floored_epsilon)
 from ._propagation import PropagationAttribution
 
 
 def _divide_(den: Tensor, num: Tensor, eps: float) -> Tensor:
     """``_divide(num, den, eps)`` computed into ``den`` (a temporary of the caller)."""
     if eps > 0:
-        den.add_(torch.sign(den).mul_(eps))
+        den.add_(torch.sign(den).mul_(floored_epsilon(eps, den.dtype)))
     if den.shape != num.shape:
         return _divide(num, den, 0.0)
     return torch.div(num, den, out=den).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
@@ -26,7 +27,7 @@ def _divide(a: Tensor, b: Tensor, eps: float) -> Tensor:
     """The reference's ``safe_divide`` (0 where ``b == 0``) or, with ``eps > 0``, the
     sign-preserving stabilized ``a / (b + eps·sign(b))`` (still 0 where ``b == 0``)."""
     if eps > 0:
-        return safe_divide(a, b + eps * torch.sign(b))
+        return safe_divide(a, b + floored_epsilon(eps, b.dtype) * torch.sign(b))
     return safe_divide(a, b)
 
 
@@ -63,8 +64,8 @@ class RAPRule(Rule):
     needs_input_layer = True
 
     def __init__(self, stabilizer: float = 0.0) -> None:
-        self.stabilizer = stabilizer
-        self.STABILITY_FACTOR = stabilizer
+        self.stabilizer = check_hyperparameter("RAP", "stabilizer", stabilizer)
+        self.STABILITY_FACTOR = self.stabilizer
 
     def check_layer(self, info: LayerInfo) -> Optional[str]:
         return None
@@ -262,13 +263,11 @@ class RAP(PropagationAttribution):
 
     def __init__(self, model: nn.Module, stabilizer: float = 0.0, operations: str = "cp_lrp") -> None:
         super().__init__(model)
-        if stabilizer < 0:
-            raise ValueError(f"stabilizer must be >= 0, got {stabilizer}")
         if operations not in self._OPERATIONS:
             raise ValueError(f"operations must be one of {sorted(self._OPERATIONS)}, got {operations!r}")
-        self.stabilizer = stabilizer
         self.operations = operations
         self._rule = RAPRule(stabilizer)
+        self.stabilizer = self._rule.stabilizer
 
     def _rule_for(self, info: LayerInfo) -> Any:
         return self._rule
@@ -291,8 +290,8 @@ class RAP(PropagationAttribution):
             target (int, tuple, Tensor or list, optional): output index per Captum's
                 conventions; ``None`` = the predicted class (as the reference).
             additional_forward_args (Any, optional): extra model arguments.
-            return_convergence_delta (bool, optional): also return ``Σ relevance − logit``
-                per example.
+            return_convergence_delta (bool, optional): also return ``logit − Σ relevance``
+                per example (Captum's ``LRP`` convention).
 
         Returns:
             *Tensor* or *tuple of Tensor* of the inputs' shapes (signed relevance).
@@ -315,20 +314,25 @@ class LayerRAP(RAP):
 
     Args:
         model (nn.Module): the model.
-        layer (nn.Module): a submodule of ``model`` (relevances of repeated calls are summed).
+        layer (nn.Module or list of nn.Module): a submodule of ``model`` (relevances of
+            repeated calls are summed), or a list of them (one relevance per layer, from
+            one propagation).
         stabilizer, operations: as for :class:`RAP`.
 
     Examples::
 
         >>> LayerRAP(model, model.layer4).attribute(x, target=5)
+        >>> r3, r4 = LayerRAP(model, [model.layer3, model.layer4]).attribute(x, target=5)
     """
 
     method_name = "LayerRAP"
 
-    def __init__(self, model: nn.Module, layer: nn.Module, stabilizer: float = 0.0,
+    def __init__(self, model: nn.Module, layer: Union[nn.Module, List[nn.Module]], stabilizer: float = 0.0,
                  operations: str = "cp_lrp") -> None:
+        from .lrp import check_layers
+
         super().__init__(model, stabilizer, operations)
-        self.layer = layer
+        self.layer = check_layers(self.model, layer, self.method_name)
 
     @log_usage()
     def attribute(  # type: ignore[override]
@@ -343,12 +347,13 @@ class LayerRAP(RAP):
 
         Args:
             inputs, target, additional_forward_args: as for :meth:`RAP.attribute`.
-            return_convergence_delta (bool): also return the layer relevance sum minus the
-                target logit, per example.
+            return_convergence_delta (bool): also return the target logit minus the layer
+                relevance sum, per example.
             attribute_to_layer_input (bool): relevance at the layer input instead of output.
 
         Returns:
-            *Tensor* of the layer output (or input) shape.
+            *Tensor* of the layer output (or input) shape (a list of them for a list of
+            layers, and a list of deltas).
         """
         from .lrp import layer_attribute
 

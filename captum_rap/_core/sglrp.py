@@ -11,6 +11,7 @@ from .._compat import TargetType, log_usage
 from .._engine import safe_divide
 from ..composites import Composite
 from ._contrastive import ContrastiveAttribution, per_example_sum
+from ._propagation import check_flag
 
 
 class SGLRP(ContrastiveAttribution):
@@ -50,8 +51,8 @@ class SGLRP(ContrastiveAttribution):
                  scaling: bool = True, relu: bool = False, merge_batchnorm: bool = True,
                  **composite_kwargs: Any) -> None:
         super().__init__(model, composite, merge_batchnorm, **composite_kwargs)
-        self.scaling = scaling
-        self.relu = relu
+        self.scaling = check_flag("SGLRP", "scaling", scaling)
+        self.relu = check_flag("SGLRP", "relu", relu)
 
     @staticmethod
     def seeds_for(outputs: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
@@ -78,7 +79,7 @@ class SGLRP(ContrastiveAttribution):
                 conventions); ``None``: the predicted class.
             additional_forward_args (Any, optional): extra model arguments (no relevance).
             return_convergence_delta (bool, optional): also return, per example,
-                ``Σ(R_target - R_dual) - Σ ∂ŷ_t/∂z`` (unscaled, before the ReLU; the
+                ``Σ ∂ŷ_t/∂z - Σ(R_target - R_dual)`` (unscaled, before the ReLU; the
                 gradient sums to 0, and the error is 0 for conservative rules).
             return_dual (bool, optional): also return the unscaled dual map ``R_dual``
                 (uses the stacked batch).

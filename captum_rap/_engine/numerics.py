@@ -6,6 +6,8 @@ denominator is never 0.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 

@@ -150,12 +150,28 @@ function buildArgs() {
       inp.value = a.default;
     }
     inp.dataset.arg = a.name; inp.dataset.kind = a.type; inp.name = a.name;
+    if (a.only_with) { lab.dataset.onlyArg = a.only_with.arg; lab.dataset.onlyValues = JSON.stringify(a.only_with.values); }
+    inp.addEventListener("change", applicableArgs);
     lab.appendChild(inp); f.appendChild(lab);
+  }
+  applicableArgs();
+}
+function argValue(name) {
+  const inp = $("args").querySelector('[data-arg="' + name + '"]');
+  if (!inp) return undefined;
+  return inp.dataset.kind === "choice" ? JSON.parse(inp.value) : inp.value;
+}
+function applicableArgs() {
+  // an argument that applies only with some values of another one (gamma: epsilon_gamma_box)
+  for (const lab of $("args").querySelectorAll("label")) {
+    if (!lab.dataset.onlyArg) continue;
+    lab.hidden = !JSON.parse(lab.dataset.onlyValues).includes(argValue(lab.dataset.onlyArg));
   }
 }
 function readArgs() {
   const out = {};
   for (const inp of $("args").querySelectorAll("[data-arg]")) {
+    if (inp.parentElement && inp.parentElement.hidden) continue;  // not used with these settings
     const k = inp.dataset.kind;
     if (k === "bool") out[inp.dataset.arg] = inp.checked;
     else if (k === "choice") out[inp.dataset.arg] = JSON.parse(inp.value);

@@ -12,9 +12,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from torch import Tensor
 
-from captum_rap.composites import PRESETS
+from captum_rap.composites import PRESETS, preset_keywords
 
-__all__ = ["ArgSpec", "MethodSpec", "RequestError", "Limits", "method_specs", "validate_args"]
+__all__ = ["ArgSpec", "MethodSpec", "RequestError", "Limits", "method_specs", "validate_args",
+           "applicable_args"]
 
 
 class RequestError(Exception):
@@ -47,6 +48,9 @@ class Limits:
         max_acd_blocks (int): ACD grid blocks of an image.
         max_acd_tokens (int): tokens of a text explained by ACD.
         max_dataset_examples (int): examples read from the dataset at most.
+        max_waiting_requests (int): computing requests that may wait for a busy model
+            (one computes at a time); more are answered 503 at once.
+        max_wait_seconds (float): how long a request waits for a busy model before a 503.
     """
 
     max_examples_per_request: int = 8
@@ -58,6 +62,8 @@ class Limits:
     max_acd_blocks: int = 256
     max_acd_tokens: int = 64
     max_dataset_examples: int = 500
+    max_waiting_requests: int = 2
+    max_wait_seconds: float = 30.0
 
 
 @dataclass
@@ -71,6 +77,10 @@ class ArgSpec:
         help (str): one-line description.
         minimum / maximum (float, optional): inclusive range (int / float).
         choices (list, optional): allowed values (choice).
+        only_with (tuple, optional): ``(other argument, allowed values)``: the argument
+            applies only when the other argument has one of these values (e.g. ``gamma``
+            only with the preset ``epsilon_gamma_box``); otherwise it is not used, not
+            sent by the page and not echoed as applied.
     """
 
     name: str
@@ -80,10 +90,13 @@ class ArgSpec:
     minimum: Optional[float] = None
     maximum: Optional[float] = None
     choices: Optional[List[Any]] = None
+    only_with: Optional[Tuple[str, List[Any]]] = None
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"name": self.name, "type": self.kind, "default": self.default,
                                "help": self.help}
+        if self.only_with is not None:
+            out["only_with"] = {"arg": self.only_with[0], "values": list(self.only_with[1])}
         if self.minimum is not None:
             out["min"] = self.minimum
         if self.maximum is not None:
@@ -175,6 +188,27 @@ def validate_args(spec: MethodSpec, args: Any) -> Dict[str, Any]:
     return out
 
 
+def applicable_args(spec: MethodSpec, checked: Dict[str, Any], given: Any) -> Tuple[Dict[str, Any], List[str]]:
+    """Split validated arguments into those the method uses with these settings and the
+    names of those it ignores (an ``only_with`` condition fails) that the request gave."""
+    given_names = set(given) if isinstance(given, dict) else set()
+    used: Dict[str, Any] = {}
+    ignored: List[str] = []
+    for a in spec.args:
+        if a.name not in checked:
+            continue
+        if a.only_with is not None and checked.get(a.only_with[0]) not in a.only_with[1]:
+            if a.name in given_names:
+                ignored.append(a.name)
+            continue
+        used[a.name] = checked[a.name]
+    return used, ignored
+
+
+def _presets_taking(keyword: str) -> List[str]:
+    return [p for p in sorted(PRESETS) if keyword in preset_keywords(p)]
+
+
 # --------------------------------------------------------------------------- the specs
 def method_specs(input_kind: str, image_size: Tuple[int, int] = (224, 224), limits: Optional[Limits] = None,
                  float_inputs: bool = True, single_input: bool = True) -> List[MethodSpec]:
@@ -203,8 +237,10 @@ def method_specs(input_kind: str, image_size: Tuple[int, int] = (224, 224), limi
                 ArgSpec("stabilizer", "float", 0.0, "added to denominators", 0.0, 1.0)]),
             MethodSpec("LRP", "propagation", "Layer-wise Relevance Propagation with a rule preset", [
                 ArgSpec("preset", "choice", "epsilon_plus", "rule preset", choices=presets),
-                ArgSpec("epsilon", "float", 1e-6, "epsilon of the epsilon rule", 0.0, 10.0),
-                ArgSpec("gamma", "float", 0.25, "gamma of epsilon_gamma_box", 0.0, 10.0),
+                ArgSpec("epsilon", "float", 1e-6, "epsilon of the epsilon rule", 0.0, 10.0,
+                        only_with=("preset", _presets_taking("epsilon"))),
+                ArgSpec("gamma", "float", 0.25, "gamma of epsilon_gamma_box", 0.0, 10.0,
+                        only_with=("preset", _presets_taking("gamma"))),
                 ArgSpec("relevance_filter", "float", 0.0, "keep this top fraction of relevance per layer (0 = off)",
                         0.0, 1.0),
                 ArgSpec("merge_batchnorm", "bool", True, "fold batch norm into the preceding layer")]),
@@ -297,7 +333,8 @@ def run_method(name: str, args: Dict[str, Any], model: Callable, inputs: Tuple[T
     if name == "RAP":
         out = RAP(model, stabilizer=args["stabilizer"]).attribute(inputs, target=target, additional_forward_args=afa)
     elif name == "LRP":
-        kw: Dict[str, Any] = {"epsilon": args["epsilon"], "gamma": args["gamma"]}
+        # only the keywords the preset takes (see applicable_args)
+        kw: Dict[str, Any] = {k: args[k] for k in ("epsilon", "gamma") if k in args}
         if args["relevance_filter"] > 0:
             kw["relevance_filter"] = args["relevance_filter"]
         lrp = LRP(model, args["preset"], merge_batchnorm=args["merge_batchnorm"], **kw)
@@ -331,6 +368,9 @@ def run_method(name: str, args: Dict[str, Any], model: Callable, inputs: Tuple[T
     elif name == "Occlusion":
         from captum.attr import Occlusion
 
+        if args["stride"] > args["window"]:  # Captum asserts; windows would skip pixels
+            raise RequestError(f"Occlusion: stride ({args['stride']}) must not exceed window ({args['window']}): "
+                               "pixels between the windows would never be occluded", field="args")
         wins, strides = _occlusion_shapes(inputs, args["window"], args["stride"])
         out = Occlusion(model).attribute(inputs, sliding_window_shapes=wins, strides=strides,
                                          baselines=baselines, target=target, additional_forward_args=afa,

@@ -7,15 +7,23 @@ used as a path, unpickled or evaluated; the app has no static-file route.  POST 
 must be ``application/json`` (so a web page on another origin cannot send them without a
 CORS preflight, which this server never grants), and when bound to a loopback address the
 ``Host`` header must name a loopback host (no DNS rebinding).
+
+One computation runs at a time per view (the models are shared).  At most
+``Limits.max_waiting_requests`` computing requests wait for it, each at most
+``Limits.max_wait_seconds``; others get a 503 at once.  Work whose client has disconnected
+is abandoned: a waiting request is dropped when its turn comes, a running one stops at
+its next forward pass of the model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+import socket
 import threading
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
 
 from captum_rap.insights.methods import RequestError
 from captum_rap.insights.visualizer import AttributionVisualizer
@@ -28,6 +36,66 @@ _LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 MAX_BODY_BYTES = 64 * 1024
 
 Views = Union[AttributionVisualizer, Mapping[str, AttributionVisualizer]]
+
+
+class ClientGone(Exception):
+    """The client of a request disconnected; its computation is abandoned."""
+
+
+def _client_gone(environ: Mapping[str, Any]) -> bool:
+    """Whether the request's connection was closed by the client (werkzeug's server gives
+    the socket; other servers: never)."""
+    sock = environ.get("werkzeug.socket")
+    if sock is None or not hasattr(socket, "MSG_DONTWAIT"):  # (no non-blocking peek on Windows)
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False  # open, nothing to read
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
+class _WorkGate:
+    """Admission to a view's computations (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self.waiting = 0
+
+    @contextlib.contextmanager
+    def hold(self, vis: AttributionVisualizer, model: Any, environ: Mapping[str, Any]) -> Iterator[None]:
+        lim = vis.limits
+        if not vis.lock.acquire(blocking=False):
+            with self._mutex:
+                if self.waiting >= lim.max_waiting_requests:
+                    raise RequestError(f"the server is busy ({self.waiting} request(s) already waiting); retry "
+                                       "later", status=503)
+                self.waiting += 1
+            try:
+                acquired = vis.lock.acquire(timeout=lim.max_wait_seconds)
+            finally:
+                with self._mutex:
+                    self.waiting -= 1
+            if not acquired:
+                raise RequestError(f"the server is busy (waited {lim.max_wait_seconds:g} s); retry later",
+                                   status=503)
+        handle = None
+        try:
+            if _client_gone(environ):
+                raise ClientGone()
+
+            def stop_if_gone(*_: Any) -> None:
+                if _client_gone(environ):
+                    raise ClientGone()
+
+            if hasattr(model, "register_forward_pre_hook"):
+                handle = model.register_forward_pre_hook(stop_if_gone)
+            yield
+        finally:
+            if handle is not None:
+                handle.remove()
+            vis.lock.release()
 
 
 def _as_views(views: Views) -> Dict[str, AttributionVisualizer]:
@@ -69,6 +137,8 @@ def create_app(views: Views, local_only: bool = True):
     from captum_rap.insights._page import PAGE
 
     vmap = _as_views(views)
+    gates = {name: _WorkGate() for name in vmap}
+    gate_of = {id(v): gates[name] for name, v in vmap.items()}
     app = Flask("captum_rap.insights", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["JSON_SORT_KEYS"] = False
@@ -83,13 +153,18 @@ def create_app(views: Views, local_only: bool = True):
     def _request_error(exc: RequestError):
         return error(exc.message, exc.status, exc.field)
 
+    @app.errorhandler(ClientGone)
+    def _client_gone_error(exc: ClientGone):
+        _LOG.info("client disconnected from %s: work abandoned", request.path[:80])
+        return error("the client disconnected; the computation was abandoned", 503)
+
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         messages = {
             404: f"no such endpoint: {request.path[:80]!r}; the API lives under /api/ (config, methods, "
                  "examples, attribute, acd)",
             405: f"{request.method} is not allowed on {request.path[:80]}",
-            413: f"request body too large (limit {MAX_BODY_BYTES} bytes)",
+            413: f"request body too large (limit {MAX_BODY_BYTES - 1} bytes)",
         }
         return error(messages.get(exc.code or 500, exc.description or exc.name), exc.code or 500)
 
@@ -141,8 +216,10 @@ def create_app(views: Views, local_only: bool = True):
         if ctype != "application/json":
             raise RequestError("POST bodies must be JSON with 'Content-Type: application/json'", status=415)
         raw = request.get_data(cache=False)
-        if len(raw) > MAX_BODY_BYTES:
-            raise RequestError(f"request body too large (limit {MAX_BODY_BYTES} bytes)", status=413)
+        # a chunked body has no Content-Length: werkzeug stops reading at the limit, so a
+        # body that reaches it is too large (it would otherwise be parsed truncated)
+        if len(raw) >= MAX_BODY_BYTES:
+            raise RequestError(f"request body too large (limit {MAX_BODY_BYTES - 1} bytes)", status=413)
         try:
             data = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
@@ -226,7 +303,7 @@ def create_app(views: Views, local_only: bool = True):
         offset = q_int(p, "offset", 0, 0, 10 ** 9)
         limit = q_int(p, "limit", 12, 1, lim.max_page_size)
         top_k = q_int(p, "top_k", 3, 1, lim.max_top_k)
-        with vis.lock:
+        with gate_of[id(vis)].hold(vis, vis.models[m], request.environ):
             infos = [vis.prediction_info(m, i, top_k) for i in range(len(vis.examples))]
         keep = []
         for info in infos:
@@ -264,7 +341,10 @@ def create_app(views: Views, local_only: bool = True):
         method = data["method"]
         if not isinstance(method, str):
             raise RequestError(f"'method' must be a method name, got {str(method)[:60]!r}", field="method")
-        return jsonify(vis.attribute(m, method, data.get("args"), idx, data.get("target")))
+        vis.method(method)  # unknown names: 400 before waiting
+        with gate_of[id(vis)].hold(vis, vis.models[m], request.environ):
+            result = vis.attribute(m, method, data.get("args"), idx, data.get("target"))
+        return jsonify(result)
 
     @app.post("/api/acd")
     def acd():
@@ -272,7 +352,9 @@ def create_app(views: Views, local_only: bool = True):
         vis = view_of(data.get("view"))
         m = model_of(vis, data.get("model"))
         i = example_index(vis, data["example"], "example")
-        return jsonify(vis.acd(m, data.get("args"), i, data.get("target")))
+        with gate_of[id(vis)].hold(vis, vis.models[m], request.environ):
+            result = vis.acd(m, data.get("args"), i, data.get("target"))
+        return jsonify(result)
 
     return app
 

@@ -12,12 +12,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from captum_rap._guard import ModelStateGuard
 from captum_rap.insights import render
 from captum_rap.insights.features import BaseFeature, GeneralFeature, ImageFeature, TextFeature
 from captum_rap.insights.methods import (
     Limits,
     MethodSpec,
     RequestError,
+    applicable_args,
     method_specs,
     occlusion_windows,
     run_method,
@@ -210,7 +212,7 @@ class AttributionVisualizer:
     def _forward(self, model: Any, inputs: Tuple[Tensor, ...], additional_args: Any) -> Tensor:
         extra = () if additional_args is None else (
             additional_args if isinstance(additional_args, tuple) else (additional_args,))
-        with torch.no_grad():
+        with torch.no_grad(), ModelStateGuard(model):  # a train-mode model keeps its BN statistics
             out = model(*inputs, *extra)
         if not isinstance(out, Tensor):
             raise RequestError("the model must return a tensor of class scores", status=422)
@@ -298,6 +300,10 @@ class AttributionVisualizer:
             raise RequestError(f"IntegratedGradients: n_steps x examples = {args['n_steps'] * n} exceeds "
                                f"{lim.max_ig_evaluations}; use fewer steps or examples", status=413, field="args")
         if spec.name == "Occlusion":
+            if args["stride"] > args["window"]:  # Captum asserts; windows would skip pixels
+                raise RequestError(f"Occlusion: stride ({args['stride']}) must not exceed window "
+                                   f"({args['window']}): pixels between the windows would never be occluded",
+                                   field="args")
             total = n * sum(occlusion_windows(tuple(x.shape[1:]), args["window"], args["stride"])
                             for x in self.model_inputs(indices[0]))
             if total > lim.max_occlusion_windows:
@@ -322,6 +328,7 @@ class AttributionVisualizer:
         if spec.endpoint != "attribute":
             raise RequestError(f"{spec.name} builds a hierarchy: use /api/acd", field="method")
         checked = validate_args(spec, args)
+        used, ignored = applicable_args(spec, checked, args)
         self.check_budget(spec, checked, indices)
         model = self.models[model_index]
         results = []
@@ -330,12 +337,14 @@ class AttributionVisualizer:
                 t = self.resolve_target(target, model_index, index)
                 inputs = self.model_inputs(index)
                 ex = self.examples[index]
-                with _method_errors(spec.name):
-                    attrs = run_method(spec.name, checked, model, inputs, self.baselines(inputs), t,
+                with _method_errors(spec.name), ModelStateGuard(model):  # train mode: BN statistics kept
+                    attrs = run_method(spec.name, used, model, inputs, self.baselines(inputs), t,
                                        ex.additional_args, cd_block=_block_mask)
                 results.append({"index": index, "target": t, "target_name": self._class_name(t),
                                 "features": self._render_attrs(index, attrs)})
-        return {"method": spec.name, "args": checked, "model": model_index, "results": results}
+        # ``args``: the arguments the method used; ``ignored_args``: given ones that do not apply
+        return {"method": spec.name, "args": used, "ignored_args": ignored, "model": model_index,
+                "results": results}
 
     def _render_attrs(self, index: int, attrs: Tuple[Tensor, ...]) -> List[Dict[str, Any]]:
         out = []
@@ -388,7 +397,7 @@ class AttributionVisualizer:
                                    status=413)
         with self.lock:
             t = self.resolve_target(target, model_index, index)
-            with _method_errors("ACD"):
+            with _method_errors("ACD"), ModelStateGuard(model):
                 if kind == "image":
                     h = ACD(model).hierarchy(x, target=t, sweep_dim=checked["sweep_dim"],
                                              percentile_include=checked["percentile_include"],
@@ -570,7 +579,7 @@ class _method_errors:
         from captum_rap import UnsupportedOperationError
 
         if isinstance(exc, (UnsupportedOperationError, ValueError, NotImplementedError, TypeError,
-                            RuntimeError, IndexError)):
+                            RuntimeError, IndexError, AssertionError)):
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if len(msg) > 500:
                 msg = msg[:497] + "..."
