@@ -12,7 +12,7 @@ r"""Evaluation metrics for attribution maps, next to Captum's ``infidelity`` and
 * :func:`pointing_game`: does the relevance point at the right object?  The share of
   positive relevance inside a mask (e.g. the half of a two-object composite that shows
   the target) and whether the maximum lies inside it.
-* Sanity checks (implemented in ``captum_rap._sanity``):
+* Sanity checks (implemented in ``_randomization.py``, ``_csc.py`` and ``_similarity.py``):
   :func:`parameter_randomization` (Adebayo et al.'s model-parameter randomisation test,
   cascading or independent), :func:`map_similarities` (Spearman, SSIM, top-k
   intersection), :func:`cosine_similarity_convergence` (Sixt et al.'s CSC diagnostic) and
@@ -622,12 +622,10 @@ def pointing_game(
     return {"mass": mass, "hit": hit}
 
 
-from ._sanity import (  # noqa: E402  (re-exported: the sanity checks live in their own module)
-    SIMILARITIES,
-    CSCResult,
+from ._csc import CSCResult, cosine_similarity_convergence  # noqa: E402  (re-exported)
+from ._randomization import (  # noqa: E402  (re-exported: the sanity checks live in their own modules)
     ParameterRandomizationResult,
-    cosine_similarity_convergence,
-    map_similarities,
     parameter_randomization,
     plot_parameter_randomization,
 )
+from ._similarity import SIMILARITIES, map_similarities  # noqa: E402  (re-exported)
