@@ -99,15 +99,23 @@ class _ModelSnapshot:
                 if not isinstance(cur.get(k), dict) or not _same_dict(cur[k], content):
                     out.append(f"module {i} ({type(m).__name__}): {k}")
         for t, value, req, grad, grad_value in self.tensors:
-            if t.shape != value.shape or not torch.equal(t.detach(), value) or t.requires_grad != req:
+            if t.shape != value.shape or not _same_values(t.detach(), value) or t.requires_grad != req:
                 out.append(f"tensor of shape {tuple(value.shape)}: value or requires_grad")
             if isinstance(t, nn.Parameter) and (t.grad is not grad or (
-                    grad is not None and not torch.equal(grad, grad_value))):
+                    grad is not None and not _same_values(grad, grad_value))):
                 out.append(f"tensor of shape {tuple(value.shape)}: grad")
         return out
 
 
 _MISSING = object()
+
+
+def _same_values(a: Tensor, b: Tensor) -> bool:
+    """Equal values (NaN equal to NaN)."""
+    if torch.equal(a, b):
+        return True
+    return a.is_floating_point() and a.dtype == b.dtype and bool(torch.isclose(a, b, rtol=0, atol=0,
+                                                                              equal_nan=True).all())
 
 
 def _same_dict(a: Dict[Any, Any], b: Dict[Any, Any]) -> bool:
@@ -511,6 +519,9 @@ def parameter_randomization(
                     maps.append(rand.cpu())
     finally:
         snapshot.restore()
+    leftover = snapshot.differences()
+    if leftover:  # pragma: no cover - restore() covers everything differences() checks
+        raise RuntimeError(f"{who}: the model could not be restored exactly: {leftover[:5]}")
     return ParameterRandomizationResult(
         labels=step_labels,
         modules=step_modules,
@@ -534,11 +545,12 @@ def plot_parameter_randomization(
     image: Optional[Tensor] = None,
     similarity: str = "spearman_abs",
     cell_size: float = 1.3,
+    clip: float = 0.99,
 ):
     r"""The sanity-check figure: one row per method, the original map then the map after
     each randomisation step (columns), each channel-summed absolute map scaled to its own
-    maximum (as Adebayo et al. show them), with the step's similarity to the original map
-    written under it.
+    ``clip`` quantile (white; larger values are clipped, as Adebayo et al. show the maps),
+    with the step's similarity to the original map written under it.
 
     Args:
         results (dict of str -> ParameterRandomizationResult): per method, computed with
@@ -549,6 +561,8 @@ def plot_parameter_randomization(
         similarity (str, optional): the measure written under each map.
             Default: ``"spearman_abs"``.
         cell_size (float, optional): inches per map.
+        clip (float, optional): the quantile of each absolute map shown as white, in
+            (0, 1].  Default: 0.99.
 
     Returns:
         matplotlib ``Figure`` (not attached to pyplot; ``fig.savefig(...)``).
@@ -557,6 +571,8 @@ def plot_parameter_randomization(
 
     if not results:
         raise ValueError("plot_parameter_randomization: results is empty")
+    if not 0 < clip <= 1:
+        raise ValueError(f"plot_parameter_randomization: clip must be in (0, 1], got {clip}")
     first = next(iter(results.values()))
     for name, r in results.items():
         if r.original is None or r.randomized is None:
@@ -578,8 +594,9 @@ def plot_parameter_randomization(
             heat = m[example].detach().double()
             heat = heat.sum(0) if heat.dim() == 3 else heat
             heat = heat.abs()
-            top = float(heat.max())
-            ax.imshow((heat / top if top > 0 else heat).numpy(), cmap="gray", vmin=0, vmax=1)
+            top = float(torch.quantile(heat.flatten(), clip)) if heat.numel() > 1 else float(heat.max())
+            top = top if top > 0 else float(heat.max())
+            ax.imshow((heat / top).clamp(max=1).numpy() if top > 0 else heat.numpy(), cmap="gray", vmin=0, vmax=1)
             if c_i > 0:
                 val = float(res.similarity[similarity][c_i - 1, example])
                 ax.set_xlabel(f"{val:.2f}", fontsize=7, labelpad=1)
