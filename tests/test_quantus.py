@@ -241,6 +241,10 @@ def test_parameter_randomization_agrees_with_quantus_mprt(method):
 
     ours = parameter_randomization(model, factory, x, target=y, init=quantus_init, similarities=["spearman_abs"])
     assert ours.labels == [k for k in mprt if k != "original"]
+    # the same maps give the same ranks (measured: equal to 2e-16); 1e-5 would still allow a
+    # few adjacent ranks swapped by one-ulp differences (7e-7 each on 256 pixels), while a wrong
+    # layer order or randomisation moves these correlations by 1e-2 or more
     for i, layer in enumerate(ours.labels):
-        np.testing.assert_allclose(ours.similarity["spearman_abs"][i].numpy(), mprt[layer], atol=1e-9,
+        np.testing.assert_allclose(ours.similarity["spearman_abs"][i].numpy(), mprt[layer], atol=1e-5,
                                    err_msg=layer)
+    assert np.ptp(np.concatenate([mprt[k] for k in ours.labels])) > 0.05    # the layers do differ
