@@ -82,6 +82,15 @@ def guided_copy(model: nn.Module) -> nn.Module:
     return m.eval()
 
 
+def _peak_rss_mib() -> float:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except ImportError:  # pragma: no cover - not on POSIX
+        return float("nan")
+
+
 def composites(x: Tensor, target: Tensor, max_pairs: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
     """Two-object composites for the pointing game: for every pair of photos ``i < j`` with
     distinct predicted classes, photo ``i`` squeezed into the left half and photo ``j`` into
@@ -244,7 +253,7 @@ def main(argv=None) -> int:
         print(f"  {name:40s} MoRF {row['morf']:7.3f} ± {row['morf_std']:6.3f}  LeRF {row['lerf']:7.3f}  "
               f"diff {row['morf'] - row['lerf']:7.3f}  pos.share {row['pos_share']:.2f}  gini {row['gini']:.2f}  "
               f"pointing {row['pg_mass']:.2f} / {row['pg_hit']:.2f}  (attr {t_attr:5.1f}s, perturb {t_rp:5.1f}s, "
-              f"pointing {t_pg:5.1f}s)", flush=True)
+              f"pointing {t_pg:5.1f}s; peak RSS {_peak_rss_mib():.0f} MiB)", flush=True)
 
     total = time.perf_counter() - t_start
     cpu_total = time.process_time() - cpu_start
