@@ -1,6 +1,9 @@
 """Quality benchmark: region perturbation (MoRF / LeRF AOPC) of attribution methods on
 EfficientNet-Lite0 with its real ImageNet weights, on photos shipped with scikit-image and
-scikit-learn (no download).
+scikit-learn (no download); with, per method, the RAP paper's positive / negative relevance
+distribution (``relevance_distribution``) and a pointing-game score on two-object composites
+(``pointing_game``: the share of positive relevance on the half that shows the target, over
+all pairs of photos with distinct predicted classes).
 
 One command::
 
@@ -30,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 import captum_rap
-from captum_rap.metrics import region_perturbation
+from captum_rap.metrics import pointing_game, region_perturbation, relevance_distribution
 from captum_rap.zoo import efficientnet_lite0, imagenet_categories, lite0_preprocess, skimage_photo
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -79,12 +82,45 @@ def guided_copy(model: nn.Module) -> nn.Module:
     return m.eval()
 
 
+def _peak_rss_mib() -> float:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except ImportError:  # pragma: no cover - not on POSIX
+        return float("nan")
+
+
+def composites(x: Tensor, target: Tensor, max_pairs: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
+    """Two-object composites for the pointing game: for every pair of photos ``i < j`` with
+    distinct predicted classes, photo ``i`` squeezed into the left half and photo ``j`` into
+    the right half (224 x 112 each), explained once for each class.  Returns the images
+    (2P, 3, H, W) (each composite twice), the targets (2P,) and the masks of the correct
+    half (2P, H, W)."""
+    n, _, h, w = x.shape
+    half = torch.nn.functional.interpolate(x, size=(h, w // 2), mode="bilinear", antialias=True,
+                                           align_corners=False)
+    imgs, tgts, masks = [], [], []
+    left = torch.zeros(h, w, dtype=torch.bool)
+    left[:, : w // 2] = True
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n) if int(target[i]) != int(target[j])]
+    if max_pairs:
+        pairs = pairs[:max_pairs]
+    for i, j in pairs:
+        comp = torch.cat([half[i], half[j]], dim=2)
+        imgs += [comp, comp]
+        tgts += [int(target[i]), int(target[j])]
+        masks += [left, ~left]
+    return torch.stack(imgs), torch.tensor(tgts), torch.stack(masks)
+
+
 def methods(model: nn.Module, ig_steps: int, seed: int, occlusion_patch: int = 0,
             only: str = "") -> Dict[str, Callable[[Tensor, Tensor], Tensor]]:
     from captum.attr import GuidedBackprop, InputXGradient, IntegratedGradients, Occlusion, Saliency
 
     out: Dict[str, Callable[[Tensor, Tensor], Tensor]] = {
         "RAP (positive part)": lambda x, t: captum_rap.RAP(model).attribute(x, target=t).clamp(min=0),
+        "RAP (signed)": lambda x, t: captum_rap.RAP(model).attribute(x, target=t),
         "LRP epsilon": lambda x, t: captum_rap.LRP(model, "epsilon").attribute(x, target=t),
         "LRP epsilon_plus": lambda x, t: captum_rap.LRP(model, "epsilon_plus").attribute(x, target=t),
         "LRP epsilon_gamma_box": lambda x, t: captum_rap.LRP(
@@ -145,6 +181,8 @@ def main(argv=None) -> int:
                    "patches and replacement as a reference (1 forward per patch and image)")
     p.add_argument("--only", default="", help="comma-separated substrings of method names to run "
                    "(the random baseline is always kept)")
+    p.add_argument("--pairs", type=int, default=0, help="pointing game: use at most this many photo pairs "
+                   "(default: all pairs with distinct predicted classes; --quick: 1)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="markdown output (default benchmarks/RESULTS_quality.md)")
     p.add_argument("--png", default=None, help="plot output (default benchmarks/quality_curves.png)")
@@ -155,6 +193,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.images = args.images or 2
         args.steps = min(args.steps, 4)
+        args.pairs = args.pairs or 1
     out_md = args.out or (None if args.quick else os.path.join(HERE, "RESULTS_quality.md"))
     out_png = args.png or (None if args.quick else os.path.join(HERE, "quality_curves.png"))
 
@@ -175,6 +214,9 @@ def main(argv=None) -> int:
 
     rp_kw = dict(patch_size=args.patch_size, steps=args.steps, patches_per_step=args.patches_per_step,
                  replacement=args.replacement, batch_size=args.batch_size)
+    comp_x, comp_t, comp_m = composites(x, target, args.pairs)
+    print(f"pointing game: {len(comp_x) // 2} composites (pairs of photos with distinct predicted classes), "
+          f"{len(comp_x)} maps per method")
     rows = []
     curves: Dict[str, Dict[str, np.ndarray]] = {}
     fraction = None
@@ -194,12 +236,24 @@ def main(argv=None) -> int:
         t_rp = time.perf_counter() - t0
         fraction = morf.fraction_removed.numpy()
         curves[name] = {"morf": morf.curves.mean(0).numpy(), "lerf": lerf.curves.mean(0).numpy()}
+        dist = relevance_distribution(attr, sum_channels=True)
+        t0 = time.perf_counter()
+        comp_attr = torch.cat([fn(comp_x[i:i + args.attr_batch], comp_t[i:i + args.attr_batch]).detach()
+                               for i in range(0, len(comp_x), args.attr_batch)])
+        comp_attr = torch.nan_to_num(comp_attr, nan=0.0, posinf=0.0, neginf=0.0)
+        pg = pointing_game(comp_attr, comp_m)
+        t_pg = time.perf_counter() - t0
         row = dict(method=name, morf=morf.aopc.mean().item(), morf_std=morf.aopc.std().item() if len(x) > 1 else 0.0,
                    lerf=lerf.aopc.mean().item(), pmorf=morf.probability_aopc.mean().item(),
-                   plerf=lerf.probability_aopc.mean().item(), t_attr=t_attr, t_rp=t_rp)
+                   plerf=lerf.probability_aopc.mean().item(), t_attr=t_attr, t_rp=t_rp,
+                   pos_share=float(dist["positive_share"].nanmean()), gini=float(dist["gini"].mean()),
+                   top_mass=float(dist["top_mass"].nanmean()), pg_mass=float(pg["mass"].nanmean()),
+                   pg_hit=float(pg["hit"].mean()), t_pg=t_pg)
         rows.append(row)
         print(f"  {name:40s} MoRF {row['morf']:7.3f} ± {row['morf_std']:6.3f}  LeRF {row['lerf']:7.3f}  "
-              f"diff {row['morf'] - row['lerf']:7.3f}  (attr {t_attr:5.1f}s, perturb {t_rp:5.1f}s)", flush=True)
+              f"diff {row['morf'] - row['lerf']:7.3f}  pos.share {row['pos_share']:.2f}  gini {row['gini']:.2f}  "
+              f"pointing {row['pg_mass']:.2f} / {row['pg_hit']:.2f}  (attr {t_attr:5.1f}s, perturb {t_rp:5.1f}s, "
+              f"pointing {t_pg:5.1f}s; peak RSS {_peak_rss_mib():.0f} MiB)", flush=True)
 
     total = time.perf_counter() - t_start
     cpu_total = time.process_time() - cpu_start
@@ -212,6 +266,7 @@ def main(argv=None) -> int:
           "is the wall time on otherwise idle cores)")
 
     n_forward = len(rows) * 2 * len(x) * (args.steps + 1)
+    t_pointing = sum(r["t_pg"] for r in rows)
     lines = [
         "# Quality benchmark: region perturbation on EfficientNet-Lite0 (ImageNet weights)",
         "",
@@ -230,8 +285,8 @@ def main(argv=None) -> int:
         "the photos); the last two columns use the softmax probability from the same forward passes. "
         "MoRF (most relevant first): higher is better; LeRF (least relevant first): lower is better; "
         "MoRF − LeRF: higher is better.",
-        "- RAP is evaluated on its positive part (`clamp(min=0)`), as in the RAP paper; the other methods "
-        "on their signed maps, except the two gradient visualisations Saliency and GuidedBackprop, which "
+        "- RAP is evaluated on its positive part (`clamp(min=0)`), as in the RAP paper, and on its signed map; "
+        "the other methods on their signed maps, except the two gradient visualisations Saliency and GuidedBackprop, which "
         "rank by magnitude (`abs`; the signed GuidedBackprop map ranked below random in MoRF and far "
         "above it in LeRF: its sign follows the input direction, not the evidence). LRP presets and CLRP/SGLRP use the ZBox "
         f"bounds low={LOW:.4f}, high={HIGH:.4f} at the input layer where the preset has one. "
@@ -239,18 +294,31 @@ def main(argv=None) -> int:
         "modules are an `nn.ReLU` subclass (same function).",
         f"- Random baseline: uniform noise (seed {args.seed}). Random worst on MoRF: "
         f"**{'yes' if random_worst else 'NO — ' + worst['method']}**.",
-        f"- Run time: {total:.0f} s wall for everything ({n_forward} perturbed forward passes; "
+        f"- Run time: {total:.0f} s wall for everything ({n_forward} perturbed forward passes, "
+        f"{t_pointing:.0f} s for the pointing-game maps; "
         f"{cpu_total:.0f} s CPU time of the process, i.e. ~{cpu_total / torch.get_num_threads():.0f} s "
         "on idle cores), "
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads ({platform.processor() or platform.machine()}), "
-        "CPU shared with other jobs.",
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, CPU shared with other jobs.",
+        "- Relevance distribution (`captum_rap.metrics.relevance_distribution` of the channel-summed map, mean "
+        "over the photos; the RAP paper's analysis): **pos. share** = positive mass / (positive + negative mass), "
+        "**Gini** of |relevance| (0 = uniform, 1 = one pixel), **top-10%** = share of Σ|relevance| in the 10% "
+        "largest pixels. Descriptive, no better/worse direction.",
+        f"- Pointing game (`captum_rap.metrics.pointing_game`): {len(comp_x) // 2} two-object composites (every "
+        "pair of the photos with distinct predicted classes, one photo squeezed into each 224 × 112 half), each "
+        f"explained for both classes ({len(comp_x)} maps per method): **pointing (mass)** = share of the positive "
+        "relevance of the channel-summed map on the half that shows the target class, **hit** = the map's "
+        "maximum lies on that half (ties count ½). 0.5 is chance (class-blind).",
         "",
-        "| method | MoRF AOPC (logit) ↑ | LeRF AOPC (logit) ↓ | MoRF − LeRF ↑ | MoRF AOPC (prob) | LeRF AOPC (prob) | attribution time (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| method | MoRF AOPC (logit) ↑ | LeRF AOPC (logit) ↓ | MoRF − LeRF ↑ | MoRF AOPC (prob) | LeRF AOPC (prob) "
+        "| pos. share | Gini | top-10% | pointing (mass) ↑ | hit ↑ | attribution time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: -(r["morf"] - r["lerf"])):
         lines.append(f"| {r['method']} | {r['morf']:.3f} ± {r['morf_std']:.3f} | {r['lerf']:.3f} | "
-                     f"{r['morf'] - r['lerf']:.3f} | {r['pmorf']:.4f} | {r['plerf']:.4f} | {r['t_attr']:.1f} |")
+                     f"{r['morf'] - r['lerf']:.3f} | {r['pmorf']:.4f} | {r['plerf']:.4f} | {r['pos_share']:.2f} | "
+                     f"{r['gini']:.2f} | {r['top_mass']:.2f} | {r['pg_mass']:.2f} | {r['pg_hit']:.2f} | "
+                     f"{r['t_attr']:.1f} |")
     lines.append("")
     lines.append("![mean MoRF / LeRF curves](quality_curves.png)" if out_png else "")
     table = "\n".join(lines) + "\n"

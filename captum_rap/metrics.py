@@ -9,8 +9,16 @@ r"""Evaluation metrics for attribution maps, next to Captum's ``infidelity`` and
 * :func:`relevance_distribution`: positive / negative relevance mass, their ratio, the
   fraction of positive / negative entries and sparsity (Gini index, mass in the top
   entries) per example, as in the RAP paper's analysis of the relevance distribution.
+* :func:`pointing_game`: does the relevance point at the right object?  The share of
+  positive relevance inside a mask (e.g. the half of a two-object composite that shows
+  the target) and whether the maximum lies inside it.
+* Sanity checks (implemented in ``_randomization.py``, ``_csc.py`` and ``_similarity.py``):
+  :func:`parameter_randomization` (Adebayo et al.'s model-parameter randomisation test,
+  cascading or independent), :func:`map_similarities` (Spearman, SSIM, top-k
+  intersection), :func:`cosine_similarity_convergence` (Sixt et al.'s CSC diagnostic) and
+  :func:`plot_parameter_randomization` (the figure).
 
-Both follow Captum's calling conventions (``forward_func``, ``inputs``, ``target``,
+They follow Captum's calling conventions (``forward_func``, ``inputs``, ``target``,
 ``additional_forward_args``; targets as in :mod:`captum.attr`).
 """
 
@@ -26,7 +34,9 @@ from torch import Tensor
 from ._compat import TargetType
 from ._guard import ModelStateGuard
 
-__all__ = ["region_perturbation", "RegionPerturbationResult", "relevance_distribution", "aopc"]
+__all__ = ["region_perturbation", "RegionPerturbationResult", "relevance_distribution", "aopc",
+           "pointing_game", "parameter_randomization", "ParameterRandomizationResult", "map_similarities",
+           "SIMILARITIES", "cosine_similarity_convergence", "CSCResult", "plot_parameter_randomization"]
 
 ReplacementType = Union[str, Callable[[Tensor], Tensor], Tensor]
 
@@ -561,3 +571,87 @@ def relevance_distribution(
         "gini": gini,
         "top_mass": top_mass,
     }
+
+
+# -- pointing game ----------------------------------------------------------------------
+
+
+def pointing_game(
+    attributions: Tensor,
+    masks: Tensor,
+    sum_channels: bool = True,
+) -> Dict[str, Tensor]:
+    r"""Does the relevance point at the right region?  Per example, with ``a`` the map
+    (summed over dim 1 first if ``sum_channels`` and it has more than two dims) and ``M``
+    the region (e.g. the half of a two-object composite image that shows the target):
+
+    * ``mass``: the share of the positive relevance inside the region,
+      ``Σ_{i∈M} max(a_i, 0) / Σ_i max(a_i, 0)`` (NaN without positive relevance); 0.5 is
+      what a map that ignores the class gives on a half/half composite.
+    * ``hit``: the pointing game of Zhang et al. (ECCV 2016) without tolerance: 1 if the
+      largest entry inside the region is larger than every entry outside, 0 if smaller,
+      0.5 for an exact tie (a constant map does not score).
+
+    Args:
+        attributions (Tensor): (N, C, *spatial) maps (or (N, *spatial) with
+            ``sum_channels=False``).
+        masks (Tensor): the regions, boolean or 0/1, of the map's shape after the channel
+            sum, or with a channel axis of size 1 (e.g. (N, 1, H, W)), or without the batch
+            axis (one region for all examples).
+        sum_channels (bool, optional): sum over dim 1 first.  Default: True.
+
+    Returns:
+        dict with ``"mass"`` and ``"hit"``, each (N,) float64.
+
+    Raises:
+        ValueError: shapes that do not match, a mask with values other than 0 and 1, or
+            an empty / full mask.
+
+    Examples::
+
+        >>> from captum_rap.metrics import pointing_game
+        >>> left = torch.zeros(1, 224, 224, dtype=torch.bool); left[..., :112] = True
+        >>> pointing_game(CLRP(model).attribute(x, target=cat), left)["mass"]
+    """
+    if not isinstance(attributions, Tensor) or not isinstance(masks, Tensor):
+        raise TypeError("pointing_game: attributions and masks must be Tensors")
+    a = attributions.detach().to(torch.float64)
+    if sum_channels and a.dim() > 2:
+        a = a.sum(1)
+    n = a.shape[0]
+    m = masks.detach()
+    if m.dtype != torch.bool:
+        if not bool(((m == 0) | (m == 1)).all()):
+            raise ValueError("pointing_game: masks must be boolean or 0/1")
+        m = m != 0
+    if sum_channels and attributions.dim() > 2 and m.dim() == attributions.dim() and m.shape[1] == 1:
+        m = m.squeeze(1)
+    if m.dim() == a.dim() - 1:
+        m = m.unsqueeze(0)
+    try:
+        m = torch.broadcast_to(m.to(a.device), a.shape)
+    except RuntimeError:
+        raise ValueError(f"pointing_game: masks of shape {tuple(masks.shape)} do not match maps of shape "
+                         f"{tuple(a.shape)}") from None
+    fa, fm = a.reshape(n, -1), m.reshape(n, -1)
+    if not bool(fm.any(1).all()) or bool(fm.all(1).any()):
+        raise ValueError("pointing_game: every mask must contain some but not all positions")
+    pos = fa.clamp(min=0)
+    total = pos.sum(1)
+    inside = (pos * fm).sum(1)
+    mass = torch.where(total > 0, inside / total.clamp_min(1e-300), torch.full_like(total, float("nan")))
+    neg_inf = torch.full_like(fa, float("-inf"))
+    best_in = torch.where(fm, fa, neg_inf).amax(1)
+    best_out = torch.where(fm, neg_inf, fa).amax(1)
+    hit = torch.where(best_in > best_out, torch.ones_like(mass),
+                      torch.where(best_in == best_out, torch.full_like(mass, 0.5), torch.zeros_like(mass)))
+    return {"mass": mass, "hit": hit}
+
+
+from ._csc import CSCResult, cosine_similarity_convergence  # noqa: E402  (re-exported)
+from ._randomization import (  # noqa: E402  (re-exported: the sanity checks live in their own modules)
+    ParameterRandomizationResult,
+    parameter_randomization,
+    plot_parameter_randomization,
+)
+from ._similarity import SIMILARITIES, map_similarities  # noqa: E402  (re-exported)
