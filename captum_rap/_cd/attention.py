@@ -248,7 +248,7 @@ def _attend(q, k, v, mask_add, mask_keep, scale, causal, gqa):
     ``mask_add``: float mask added to the scores; ``mask_keep``: bool mask, True =
     attend (sdpa's convention).  Returns the (decomposed or plain) output and the
     weights ``P``."""
-    qt, kt, vt = _tot(q), _tot(k), _tot(v)
+    qt, kt = _tot(q), _tot(k)
     row = _one_row(qt, kt, *(m for m in (mask_add, mask_keep) if m is not None and m.dim() >= 4))
     with torch._C.DisableTorchFunctionSubclass():
         if row:

@@ -104,7 +104,7 @@ def group_norm(func, name, args, kwargs):
 
 def _grouped(x, tot, G, w, b, eps, norm_fn):
     """Normalisation over groups of channels of ``(N, C, *)`` maps (group / instance norm)."""
-    N, C = tot.shape[0], tot.shape[1]
+    C = tot.shape[1]
     cshape = [1, C] + [1] * (tot.dim() - 2)
     t1 = _row(tot)
     g1 = t1.reshape(t1.shape[0], G, -1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import numbers
 import warnings
@@ -452,9 +453,9 @@ class CD(Attribution):
         K = masks.shape[0]
         self._reusable = {}
         low = dtype if dtype is not None else _model_dtype(self.model, inputs)
-        key = (inputs.data_ptr(), inputs._version, tuple(inputs.shape), str(inputs.device))
-        need_prec = (self.check_precision and K > 0 and key not in self._precision_checked
-                     and low in (torch.float32, torch.float16, torch.bfloat16))
+        need_prec = (self.check_precision and K > 0 and low in (torch.float32, torch.float16, torch.bfloat16))
+        key = _content_key(inputs, afa, low) if need_prec else None
+        need_prec = need_prec and key not in self._precision_checked
         need_batch = self.check_batching and not self._unbatched and self.batching_error is None and bs > 1 and K > 1
         if not (need_prec or need_batch):
             return True
@@ -479,6 +480,8 @@ class CD(Attribution):
             batch_fail = e
         ok = True
         if need_prec:
+            if len(self._precision_checked) >= 4096:
+                self._precision_checked.clear()
             self._precision_checked.add(key)
             n = len(idx) if batch_fail is None else 1
             m = sub if batch_fail is None else sub[:1]
@@ -614,6 +617,21 @@ class CD(Attribution):
 
     def has_convergence_delta(self) -> bool:
         return False
+
+
+def _content_key(inputs: Tensor, afa, dtype) -> str:
+    """Identity of an input for the precision check: a hash of its values (bytes),
+    shape, dtype and device, and of the tensors among ``additional_forward_args``, and the
+    computation dtype.  (A key by address and version would let a new input written at a
+    reused address -- a recycled buffer, ``torch.from_numpy`` of a reused array -- skip
+    the check.)"""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(dtype).encode())
+    for t in [inputs] + [a for a in (afa or ()) if isinstance(a, Tensor)]:
+        d = t.detach()
+        h.update(repr((tuple(d.shape), str(d.dtype), str(d.device))).encode())
+        h.update(d.contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _model_dtype(model, inputs: Tensor) -> torch.dtype:
