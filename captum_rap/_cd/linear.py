@@ -174,6 +174,14 @@ def _axpy(a, b, coef):
     return b if a is None else a + b
 
 
+def _row_constant(c, shared: torch.Tensor) -> bool:
+    """Whether the constant ``c`` is the same for every row of ``shared`` (a number, or a
+    tensor broadcasting without a batch axis of its own)."""
+    if not isinstance(c, torch.Tensor):
+        return True
+    return not _is_cd(c) and (c.dim() < shared.dim() or c.shape[0] == 1)
+
+
 def _add_sub(func, name, args, kwargs):
     a = args[0] if args else kwargs.get("input")
     b = args[1] if len(args) > 1 else kwargs.get("other")
@@ -208,9 +216,9 @@ def _add_sub(func, name, args, kwargs):
     rel = torch.as_tensor(_axpy(ra, rb, coef))
     if is_tot and _shared(sa) and _shared(sb) and sa.shape == sb.shape:
         sec = _bcast(_axpy(sa[:1], sb[:1], coef), sa.shape[0])  # e.g. a residual addition
-    elif is_tot and _shared(sa) and not isinstance(sb, torch.Tensor):
-        sec = _bcast(_axpy(sa[:1], sb, coef), sa.shape[0])  # plus a Python number
-    elif is_tot and _shared(sb) and not isinstance(sa, torch.Tensor):
+    elif is_tot and _shared(sa) and _row_constant(sb, sa):
+        sec = _bcast(_axpy(sa[:1], sb, coef), sa.shape[0])  # plus a number or a constant
+    elif is_tot and _shared(sb) and _row_constant(sa, sb):
         sec = _bcast(_axpy(sa, sb[:1], coef), sb.shape[0])
     else:
         sec = torch.as_tensor(_axpy(sa, sb, coef))

@@ -408,6 +408,11 @@ def _dispatch(func, args, kwargs):
     other = args[1] if len(args) > 1 else None
     pos = src._pos if _is_cd(src) else None
     nobias = src._nobias if _is_cd(src) else None
+    if _TOKEN_CONSTANT and len(args) == 2 and (name in _ADD_NAMES or name in _SUB_NAMES or name in _RSUB_NAMES) \
+            and _is_cd(args[0]) != _is_cd(args[1]) and set(kwargs) <= {"alpha"}:
+        x = args[0] if _is_cd(args[0]) else args[1]
+        if x._pos is not None and x._nobias is None:  # a constant added to token embeddings
+            return _TOKEN_CONSTANT[0](func, name, args, kwargs, handler)
     if pos is None and nobias is None and not (_is_cd(other) and other._nobias is not None):
         if name in _VIEWS and _is_cd(src):
             return _same_data(handler(func, name, args, kwargs), src)
@@ -689,6 +694,8 @@ _HANDLERS: Dict[str, Handler] = {}
 _TOKEN_HANDLERS: Dict[str, Handler] = {}
 #: the handler of calls with attention weights (:class:`AttentionWeights`) among the arguments
 _WEIGHTS_HANDLER: List[Handler] = []
+#: the rule of a constant added to token embeddings (``(func, name, args, kwargs, add_handler)``)
+_TOKEN_CONSTANT: List[Callable] = []
 
 
 def register(*names: str, tokens: bool = False) -> Callable[[Handler], Handler]:
