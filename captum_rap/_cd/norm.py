@@ -70,7 +70,7 @@ def _check(x, name, *consts):
 
 
 def _centred_scaled(part: torch.Tensor, dims: Sequence[int], s: torch.Tensor) -> torch.Tensor:
-    return (part - part.mean(dim=tuple(dims), keepdim=True)) * s
+    return (part - part.mean(dim=tuple(dims), keepdim=True)).mul_(s)
 
 
 @register("layer_norm")
@@ -88,7 +88,7 @@ def layer_norm(func, name, args, kwargs):
     rel = _centred_scaled(x._rel, dims, s)
     tot_lin = _rowwise(F.layer_norm, tot, shape, w, None, eps)
     if w is not None:
-        rel = rel * w
+        rel = rel.mul_(w)
     return _finish(x, rel, tot_lin, b)
 
 
@@ -112,7 +112,7 @@ def _grouped(x, tot, G, w, b, eps, norm_fn):
     r = x._rel
     rel = _centred_scaled(r.reshape(r.shape[0], G, -1), (2,), s).reshape(r.shape)
     if w is not None:
-        rel = rel * w.view(cshape)
+        rel = rel.mul_(w.view(cshape))
     tot_lin = _rowwise(norm_fn, tot)
     return _finish(x, rel, tot_lin, b, cshape)
 

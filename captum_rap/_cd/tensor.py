@@ -671,10 +671,11 @@ def _split_bias(r, i, b):
 
 def _rel_share(r, i, b):
     """``r + (|r|+eps)/(|r|+|i|+2eps) * b``: the relevant part of an affine output whose
-    linear parts are ``r`` and ``i`` (``i`` is consumed: few temporaries)."""
+    linear parts are ``r`` and ``i`` (both are consumed: ``i`` holds the denominator and
+    the result is written into ``r``; one temporary)."""
     ar = r.abs()
-    w = i.abs_().add_(ar).add_(2 * EPS).reciprocal_().mul_(b)
-    return ar.add_(EPS).mul_(w).add_(r)
+    den = i.abs_().add_(ar).add_(2 * EPS)
+    return r.addcdiv_(ar.add_(EPS).mul_(b), den)
 
 
 _ADD_NAMES = {"add", "__add__", "__radd__", "add_", "__iadd__"}

@@ -204,7 +204,11 @@ class CD(Attribution):
             precision check measured, at least 1e-4, in float32) or the batched forward
             fails, this instance computes one mask per forward from then on and warns.
             ``batching_error`` keeps the measured difference.  Once per instance (one
-            mask).  Default: True
+            mask).  When they differ, the first mask is also computed twice in one
+            forward: if that agrees with the batched result, the model does not mix its
+            batch and the difference is rounding amplified by an ill-conditioned
+            decomposition (kept in ``conditioning_error``; a warning says so and the masks
+            stay batched).  Default: True
 
     Examples::
 
@@ -241,6 +245,9 @@ class CD(Attribution):
         self.check_batching = bool(check_batching)
         #: relative difference between batched and one-mask forwards (None: not checked)
         self.batching_error: Optional[float] = None
+        #: difference of one mask computed in forwards of different sizes when that is
+        #: rounding, not mixing (None: not seen; see ``check_batching``)
+        self.conditioning_error: Optional[float] = None
         self._unbatched = False  # True once the batching check failed: one mask per forward
         self._reusable: dict = {}
         #: None = automatic (see ``batch_size`` above)
@@ -515,6 +522,25 @@ class CD(Attribution):
                 scale = float((one[0] + one[1]).abs().max())
                 self.batching_error = float((ref - one[0]).abs().max()) / max(scale, 1e-30)
             tol = 1e-6 if one[0].dtype == torch.float64 else max(10 * (self.precision_error or 0.0), 1e-4)
+            if self.batching_error > tol and batch_fail is None:
+                # mixing, or rounding amplified? The first mask twice in one forward of the
+                # same size: a model that mixes its batch gives it other contributions next
+                # to another mask than next to itself; an ill-conditioned decomposition of a
+                # per-example model gives the same result in forwards of the same size
+                two = run(torch.cat([sub[:1], sub[:1]]), 2, run_dt)[0][:1]
+                mixing = float((two - ref).abs().max()) / max(scale, 1e-30)
+                if mixing <= tol:
+                    self.conditioning_error = self.batching_error
+                    self.batching_error = mixing
+                    warnings.warn(
+                        "CD: the decomposition is ill-conditioned for this model and input even in %s: "
+                        "the same mask computed in forwards of different sizes (whose rounding differs "
+                        "by one ulp) differs by %.3g of the output. CD's bias split |r| / (|r| + |i|) "
+                        "amplifies rounding at units where both parts nearly vanish (e.g. a full or "
+                        "empty mask through batch norm / gates); scores at that level are not "
+                        "reliable. (The model does not mix its batch: masks stay batched.)"
+                        % (str(one[0].dtype).replace("torch.", ""), self.conditioning_error),
+                        RuntimeWarning, stacklevel=4)
             if self.batching_error > tol:
                 self._unbatched = True
                 self._reusable = {one[0].dtype: (idx[:1], one[0], one[1])}
