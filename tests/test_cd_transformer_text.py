@@ -240,3 +240,26 @@ def test_rotten_tomatoes_transformer_demo():
     assert float(irr[0].abs().max()) <= 1e-4 * float(y.abs().max())  # whole sentence
     tree = ACD(tm.model, batch_dim=1).hierarchy_text(ids, words=words)
     assert tree.words == words and len(tree.levels) >= 2
+
+
+def test_insights_text_view_shows_the_transformer_next_to_the_lstm():
+    pytest.importorskip("flask")
+    from captum_rap.insights.demo import demo_text_visualizer
+    from captum_rap.zoo import rotten_tomatoes_transformer
+
+    tm = rotten_tomatoes_transformer()
+    vis = demo_text_visualizer(tm.examples[:2])
+    assert [type(m).__name__ for m in vis.models] == ["RottenTomatoesLSTM", "RottenTomatoesTransformer"]
+    out = vis.acd(1, {}, 0)
+    ids, words = tm.encode(tm.examples[0])
+    h = ACD(tm.model, batch_dim=1).hierarchy_text(ids, words=words)
+    assert out["kind"] == "text" and out["words"] == words and out["target"] == h.target
+    assert len(out["levels"]) == len(h.levels)
+    # level 0: each word's group (a word, or a phrase of words selected together)
+    level0 = [next(g.score for g in h.levels[0].values() if g.mask[t]) for t in range(len(words))]
+    assert out["levels"][0]["scores"] == pytest.approx(level0, abs=1e-5)
+    res = vis.attribute(1, "CD", {}, [0], target=1)["results"][0]["features"][0]
+    rel, _ = CD(tm.model, batch_dim=1).decompose(ids, masks=torch.eye(len(words)))
+    assert res["scores"] == pytest.approx(rel[:, 1].tolist(), abs=1e-5)
+    with pytest.raises(ValueError, match="models"):
+        demo_text_visualizer(models=("gru",))
