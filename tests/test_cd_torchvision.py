@@ -152,3 +152,25 @@ def test_float32_within_the_precision_check(family):
     ref, _ = CD(m, dtype=torch.float64).decompose(x, masks)
     assert float((rel.double() - ref).abs().max()) <= CD.PRECISION_TOLERANCE * scale, family
     assert cd.precision_error is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["convnext", "efficientnet", "regnet_y", "vit", "swin"])
+def test_local_boxes_equal_dense_with_the_new_rules(family):
+    """Small box masks: the local (boxed) computation keeps the boxes through the new
+    element-wise activations and falls back densely at the operations that mix positions
+    (gates, layer norm over permuted maps, attention), with the dense numbers."""
+    m, x = build(family)
+    s = x.shape[-1]
+    g = torch.Generator().manual_seed(3)
+    masks = torch.zeros(4, 1, s, s, dtype=torch.float64)
+    for k in range(4):
+        r, c = torch.randint(0, s - 6, (2,), generator=g).tolist()
+        masks[k, :, r:r + 6, c:c + 5] = 1
+    rel, irr = CD(m).decompose(x, masks)
+    rel_d, irr_d = CD(m, local=False).decompose(x, masks)
+    scale = float((rel_d + irr_d).abs().max())
+    # (random batch-norm statistics amplify rounding in EfficientNet, as in MobileNetV2)
+    tol = 1e-6 if family == "efficientnet" else 1e-10
+    assert float((rel - rel_d).abs().max()) <= tol * scale, family
+    assert float((irr - irr_d).abs().max()) <= tol * scale, family

@@ -112,20 +112,41 @@ class CD(Attribution):
     is wrapped in a tensor subclass that intercepts every torch function (modules,
     ``torch.nn.functional`` calls, ``+`` of residual branches, ``torch.cat``, reshapes,
     in-place activations).  Supported: ``conv1d/2d/3d`` (and transposed), ``linear``,
-    ``batch_norm`` (eval), ReLU family (``relu``, ``relu6``, ``leaky_relu``, ``hardtanh``,
-    ``clamp``, ``threshold``; in-place forms never mutate), max / avg / adaptive pooling,
-    dropout (identity), ``pad``, ``cat``/``stack``, sums and differences, products with
-    constants, all shape operations, ``embedding``, ``nn.LSTM`` and ``nn.GRU`` (any
-    number of layers, bidirectional, ``batch_first``).  Anything else touching a decomposed tensor
-    (``sigmoid``, ``gelu``, ``layer_norm``, a product of two decomposed tensors, ...)
-    raises :class:`UnsupportedOperationError` naming the function and the module.
+    ``batch_norm`` (eval), every element-wise activation (the ReLU family, ``sigmoid``,
+    ``tanh``, ``silu``, ``gelu``, ``hardswish``, ``hardsigmoid``, ``elu``, ``selu``,
+    ``softplus``, ``mish``, ...; in-place forms never mutate), ``layer_norm``,
+    ``group_norm``, ``instance_norm``, ``rms_norm``, ``normalize``, max / avg / adaptive
+    pooling, dropout (identity), ``pad``, ``cat``/``stack``, ``masked_fill``, sums and
+    differences, products with constants and of two decomposed tensors (``mul``,
+    ``matmul``, ``bmm``, ``einsum``, ``glu``), softmax attention,
+    ``scaled_dot_product_attention``, ``nn.MultiheadAttention``, all shape operations,
+    ``embedding``, ``nn.LSTM`` and ``nn.GRU`` (any number of layers, bidirectional,
+    ``batch_first``): every torchvision classifier, ``nn.TransformerEncoder`` and Hugging
+    Face BERT-style text models.  Anything else touching a decomposed tensor (``exp``,
+    ``pow``, ``log_softmax``, ...) raises :class:`UnsupportedOperationError` naming the
+    function and the module.
 
-    Layer rules: bias of conv / linear split between the parts proportionally to
-    ``(|W rel| + 1e-20) / (|W rel| + |W irr| + 2e-20)``; batch norm's shift split with
-    ``|r| / (|r| + |i|)`` (``0/0``: all to ``irr``); ReLU family ``rel' = f(rel)``,
-    ``irr' = f(rel + irr) - f(rel)``; max pooling moves both parts with the arg-max of the
-    sum; a constant added to a decomposed tensor goes to ``irr``; LSTM: the reference
-    rules; GRU: the same conventions (see :mod:`captum_rap._cd.lstm`).
+    Rules (each module of ``captum_rap._cd`` documents its rule and source):
+
+    * affine layers (reference ``acd``): bias of conv / linear split between the parts
+      proportionally to ``(|W rel| + 1e-20) / (|W rel| + |W irr| + 2e-20)``; batch norm's
+      shift split with ``|r| / (|r| + |i|)`` (``0/0``: all to ``irr``);
+    * element-wise activations ``f`` (reference ``acd``'s ReLU rule, generalised):
+      ``rel' = f(rel)``, ``irr' = f(rel + irr) - f(rel)``;
+    * max pooling: both parts move with the arg-max of the sum; a constant added to a
+      decomposed tensor goes to ``irr``;
+    * normalisations: statistics (mean, variance, norm) of the total activation held as
+      constants (CD-T's layer norm), centering and weight applied to each part, the bias
+      split as a linear layer's;
+    * products of two decomposed tensors: ``rel' = a_rel * b_rel``, every term with an
+      irrelevant factor to ``irr`` (the reference LSTM's gate products);
+    * softmax attention (CD-T, Hsu et al., ICLR 2025): the attention weights of the total
+      held as constants, so the output is linear in the values (``P v_rel``, ``P v_irr``);
+      a softmax used otherwise raises;
+    * token models: ``rel = m_t E[x_t]``; position / segment embeddings added to the token
+      embeddings belong to the token at their position (CD-T), so the whole sentence is
+      all relevant; LSTM: the reference rules; GRU: the same conventions (see
+      :mod:`captum_rap._cd.lstm`).
 
     Cost: the irrelevant part is never propagated on its own.  The decomposition carries
     ``rel`` and the total ``rel + irr``, which is the model's own activation for the
@@ -135,7 +156,8 @@ class CD(Attribution):
 
     Text models: pass integer token ids; the masks are over token positions and the
     decomposition starts at the embedding (``rel = m_t * E[x_t]``).  Any model built as
-    ``embedding -> nn.LSTM -> (indexing / pooling) -> linear head`` works unchanged, e.g.::
+    ``embedding -> nn.LSTM / nn.TransformerEncoder / BERT layers -> (indexing / pooling)
+    -> linear head`` works unchanged, e.g.::
 
         def forward(self, text):              # text: (T, B) token ids, sequence first
             out, _ = self.lstm(self.embed(text))
