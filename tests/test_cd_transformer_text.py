@@ -82,7 +82,7 @@ def test_token_transformer_matches_slow_reference(norm_first, act, seq_first):
         y = m(x)
     assert float((rel + irr - y).abs().max()) <= 1e-12 * float(y.abs().max())
     # the whole sentence is relevant: position embeddings belong to their tokens
-    assert float(irr[0].abs().max()) <= 1e-12 * float(y.abs().max())
+    assert float(irr[0].abs().max()) <= 1e-10 * float(y.abs().max())
     masks = spans_to_masks(SPANS, 7, dtype=torch.float64)
     for k in range(len(SPANS)):
         ref = _token_model_ref(m, ids[0].numpy(), masks[k].numpy())
@@ -92,15 +92,20 @@ def test_token_transformer_matches_slow_reference(norm_first, act, seq_first):
     assert torch.allclose(r1, rel, atol=1e-13) and torch.allclose(i1, irr, atol=1e-13)
 
 
-def test_token_transformer_total_is_computed_once():
+@pytest.mark.parametrize("arch", ["token_transformer", "bert_eager", "bert_sdpa"])
+def test_total_is_computed_once(arch):
     """The total of the decomposition (the unmasked activation) is computed on one row for
     all masks: one mask costs a relevant stream and the total (about two forwards), each
-    further mask one relevant stream (flop count; computing the total per mask would
-    make K masks cost K times one mask)."""
+    further mask one relevant stream (flop count; computing the total per mask -- e.g.
+    after adding segment embeddings of expanded ids, or through written-out attention --
+    would make K masks cost K times one mask)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
-    m = _randomize(TokenTransformer(d=16, layers=2), 1).double().eval()
+    if arch == "token_transformer":
+        m = _randomize(TokenTransformer(d=16, layers=2), 1).double().eval()
+    else:
+        m = _bert(arch.split("_")[1])
     ids = torch.randint(2, 30, (1, 12))
     flops = {}
     for K in (1, 6):
@@ -178,7 +183,7 @@ def test_hf_bert_matches_slow_reference(impl):
         y = m(ids).logits
     scale = float(y.abs().max())
     assert float((rel + irr - y).abs().max()) <= 1e-12 * scale
-    assert float(irr[0].abs().max()) <= 1e-12 * scale  # whole sentence: rel = logits
+    assert float(irr[0].abs().max()) <= 1e-10 * scale  # whole sentence: rel = logits
     masks = spans_to_masks(SPANS, 7, dtype=torch.float64)
     for k in range(len(SPANS)):
         ref = _bert_ref(m, ids[0].numpy(), masks[k].numpy())

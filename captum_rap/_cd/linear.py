@@ -59,10 +59,16 @@ _ROWWISE = {
 _REDUCTIONS = {"mean", "sum", "nansum", "cumsum"}
 
 
+_MATMULS = {"matmul", "__matmul__", "bmm"}
+
+
 def _rowwise_ok(base: str, sec: torch.Tensor, args, kwargs) -> bool:
-    """Whether ``base(sec, *args)`` may be computed on one row of a shared ``sec``."""
+    """Whether ``base(sec, *args)`` may be computed on one row of a shared ``sec`` (``args``
+    has None in the place of ``sec``).  Constants must not vary along dim 0 (one row, no
+    batch axis of their own, or themselves shared)."""
     if not _shared(sec):
         return False
+    tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
     if base in _REDUCTIONS:
         dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
         if dim is None or isinstance(dim, str):
@@ -70,12 +76,25 @@ def _rowwise_ok(base: str, sec: torch.Tensor, args, kwargs) -> bool:
         dims = [dim] if isinstance(dim, int) else list(dim)
         if not dims or any((int(d) % sec.dim()) == 0 for d in dims):
             return False
+    elif base in _MATMULS:
+        # dim 0 is a batch axis of a matmul of >= 3-D tensors, and the row axis of the
+        # first operand of a 2-D one
+        first = len(args) > 0 and args[0] is None
+        if not ((sec.dim() >= 3 and all(a.dim() <= sec.dim() for a in tensors))
+                or (first and sec.dim() == 2 and all(a.dim() <= 2 for a in tensors))):
+            return False
     elif base not in _ROWWISE:
         return False
-    for a in list(args) + list(kwargs.values()):  # constants must not vary along dim 0
-        if isinstance(a, torch.Tensor) and not _is_cd(a) and a.dim() >= sec.dim() and a.shape[0] != 1:
+    for a in tensors:
+        if not _is_cd(a) and a.dim() >= sec.dim() and a.shape[0] != 1 and not _shared(a):
             return False
     return True
+
+
+def _first_rows(values, ndim):
+    """Shared constants (stride 0 along dim 0) of at least ``ndim`` axes -> their first row."""
+    return [v[:1] if isinstance(v, torch.Tensor) and not _is_cd(v) and v.dim() >= ndim and _shared(v) else v
+            for v in values]
 
 
 # reshapes (row-major; the total stays shared when they keep the leading axis)
@@ -119,9 +138,10 @@ def _unary_linear(func, name, args, kwargs):
         pos = next((j for j, a in enumerate(args) if _is_cd(a)), None)
         sec = asec[pos] if pos is not None else None
         if sec is not None and _rowwise_ok(base, sec, asec[:pos] + [None] + asec[pos + 1:], ksec):
-            a1 = list(asec)
+            a1 = _first_rows(asec, sec.dim())
             a1[pos] = sec[:1]
-            o = f(*a1, **ksec)
+            k1 = dict(zip(ksec, _first_rows(list(ksec.values()), sec.dim())))
+            o = f(*a1, **k1)
             if isinstance(o, torch.Tensor) and o.dim() >= 1 and o.shape[0] == 1:
                 out_s = _bcast(o, sec.shape[0])
         elif sec is not None and base in _RESHAPES and _shared(sec) and isinstance(out_r, torch.Tensor) \
@@ -175,11 +195,22 @@ def _axpy(a, b, coef):
 
 
 def _row_constant(c, shared: torch.Tensor) -> bool:
-    """Whether the constant ``c`` is the same for every row of ``shared`` (a number, or a
-    tensor broadcasting without a batch axis of its own)."""
+    """Whether the constant ``c`` is the same for every row of ``shared``: a number, a
+    tensor broadcasting without a batch axis of its own, or one whose rows are equal (e.g.
+    segment embeddings of expanded segment ids)."""
     if not isinstance(c, torch.Tensor):
         return True
-    return not _is_cd(c) and (c.dim() < shared.dim() or c.shape[0] == 1)
+    if _is_cd(c):
+        return False
+    if c.dim() < shared.dim() or c.shape[0] == 1 or _shared(c):
+        return True
+    with torch._C.DisableTorchFunctionSubclass():
+        return c.shape[0] == shared.shape[0] and torch.equal(c, c[:1].expand_as(c))
+
+
+def _row1(c, ndim):
+    """The first row of a constant with a batch axis (see ``_row_constant``)."""
+    return c[:1] if isinstance(c, torch.Tensor) and c.dim() >= ndim and c.shape[0] > 1 else c
 
 
 def _add_sub(func, name, args, kwargs):
@@ -217,9 +248,9 @@ def _add_sub(func, name, args, kwargs):
     if is_tot and _shared(sa) and _shared(sb) and sa.shape == sb.shape:
         sec = _bcast(_axpy(sa[:1], sb[:1], coef), sa.shape[0])  # e.g. a residual addition
     elif is_tot and _shared(sa) and _row_constant(sb, sa):
-        sec = _bcast(_axpy(sa[:1], sb, coef), sa.shape[0])  # plus a number or a constant
+        sec = _bcast(_axpy(sa[:1], _row1(sb, sa.dim()), coef), sa.shape[0])  # plus a number or a constant
     elif is_tot and _shared(sb) and _row_constant(sa, sb):
-        sec = _bcast(_axpy(sa, sb[:1], coef), sb.shape[0])
+        sec = _bcast(_axpy(_row1(sa, sb.dim()), sb[:1], coef), sb.shape[0])
     else:
         sec = torch.as_tensor(_axpy(sa, sb, coef))
     rel, sec = torch.broadcast_tensors(rel, sec)
