@@ -54,7 +54,6 @@ from .tensor import (
     _STATE,
     _WEIGHTS_HANDLER,
     AttentionWeights,
-    CDTensor,
     UnsupportedOperationError,
     _bcast,
     _bind,
@@ -399,6 +398,3 @@ def multi_head_attention(func, name, args, kwargs):
                 w = w.squeeze(0)
         weights = AttentionWeights(w)
     return out, weights
-
-
-__all__ = ["CDTensor"]
