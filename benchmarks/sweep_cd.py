@@ -28,6 +28,7 @@ interrupted sweep can be resumed (``--resume``).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -121,6 +122,9 @@ def run_one(name):
     row["acd_levels"] = len(h.levels)
     row["acd_evals"] = h.cd_evaluations
     row["unchanged_f32"] = unchanged(before, snapshot(m))
+    del cd, h, before, y32, irr32
+    gc.collect()  # the largest models (600 M parameters) need their memory back
+    rel32 = rel32.detach()
     # float64
     m = m.double()
     x64 = x.double()
