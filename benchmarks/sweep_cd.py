@@ -122,10 +122,11 @@ def run_one(name):
     row["acd_levels"] = len(h.levels)
     row["acd_evals"] = h.cd_evaluations
     row["unchanged_f32"] = unchanged(before, snapshot(m))
-    del cd, h, before, y32, irr32
+    del cd, h, before, y32, irr32, m
     gc.collect()  # the largest models (600 M parameters) need their memory back
     rel32 = rel32.detach()
-    # float64
+    # float64: the same weights, rebuilt (deterministic) and converted
+    m, x = build(name)
     m = m.double()
     x64 = x.double()
     before = snapshot(m)
