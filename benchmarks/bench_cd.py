@@ -11,6 +11,7 @@
     python benchmarks/bench_cd.py --model small     # toy CNN (2 conv, 2 max-pool), 32 px, 16x16 grid
     python benchmarks/bench_cd.py --count-images chelsea coffee astronaut rocket   # counts only
     python benchmarks/bench_cd.py --model lite0   # counts on a trained model (EfficientNet-Lite0)
+    python benchmarks/bench_cd.py --modern        # ConvNeXt-T throughput, ACD on ViT-B/16 (224 px)
 
 Input: ``skimage.data.chelsea()`` resized to the ACD size and ImageNet-normalized (``--image``).
 
@@ -29,6 +30,12 @@ Measured:
    tiles, last step's gains: ``ACDHierarchy.raw``, deferred), and whether the hierarchy
    equals the reference's (same labelled blobs at every level, and same groups ignoring
    labels).
+
+3. ``--modern`` (architectures the reference cannot run; random weights, float32, automatic
+   dtype): ``CD(convnext_tiny).decompose`` with 64 box masks at 224 px against a plain
+   forward of 64 images (target <= 3), and ``ACD(vit_b_16).hierarchy`` at 224 px on the
+   paper's grid (16x16 blocks = ViT's patches, percentile 95, 5 iterations): time, CD
+   evaluations and forwards.  (ViT's zero-initialised head gets small random weights.)
 
 The ``acd`` package is a benchmark-only anchor, never imported by ``captum_rap``.  It does not
 run unpatched on a CPU-only machine with numpy 2; the patches, all applied here and only here
@@ -361,12 +368,79 @@ def pretrained_sweep(sizes, images, ref, percentile=95, num_iters=5):
 
 
 # --------------------------------------------------------------------------------------
+def _random_head(model):
+    """Small random weights for zero-initialised linear layers (ViT's head): random-weight
+    logits that are not all zero."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.Linear) and float(mod.weight.abs().max()) == 0:
+                mod.weight.normal_(0, 0.05, generator=g)
+                mod.bias.normal_(0, 0.05, generator=g)
+    return model
+
+
+def bench_modern(rows, quick=False, image="chelsea"):
+    """ConvNeXt-T CD throughput and ACD on ViT-B/16 (see the module docstring, item 3)."""
+    size, n = (64, 8) if quick else (224, 64)
+    torch.manual_seed(0)
+    model = torchvision.models.convnext_tiny(weights=None).eval()
+    MODEL_NAME[0] = "ConvNeXt-T"
+    print("\nCD throughput, ConvNeXt-T %d px" % size, flush=True)
+    x = load_image(image, size)
+    masks = _box_masks(n, size, np.random.default_rng(0))
+    xb = x.expand(n, -1, -1, -1).contiguous()
+    with torch.no_grad():
+        t_fwd = _median_time(lambda: model(xb), 1)
+    cd = CD(model)
+    t0 = time.perf_counter()
+    rel, irr = cd.decompose(x, masks)  # a fresh instance: the checks are included
+    t_cd = time.perf_counter() - t0
+    with torch.no_grad():
+        cons = float((rel + irr - model(x)).abs().max())
+    print("  forward of %d images: %.2f s; CD of %d masks: %.2f s (%.2fx); conservation %.1e; precision "
+          "check: float32 off by %.1e (computation dtype %s)"
+          % (n, t_fwd, n, t_cd, t_cd / t_fwd, cons, cd.precision_error,
+             "float32" if cd.computation_dtype is None else "float64"), flush=True)
+    rows.append(("CD throughput, ConvNeXt-T %d px, %d masks" % (size, n),
+                 {"fwd": t_fwd, "cd": t_cd, "modern": True, "dtype": cd.computation_dtype,
+                  "prec": cd.precision_error}))
+    vsize, sweep = (64, 16) if quick else (224, 16)
+    torch.manual_seed(0)
+    vit = _random_head(torchvision.models.vit_b_16(weights=None, image_size=vsize)).eval()
+    x = load_image(image, vsize)
+    acd = ACD(vit)
+    t0 = time.perf_counter()
+    h = acd.hierarchy(x, sweep_dim=sweep, percentile_include=95, num_iters=5)
+    t = time.perf_counter() - t0
+    g = vsize // sweep
+    print("  ACD ViT-B/16 %d px, %dx%d grid: %d CD evaluations in %d forwards (reference procedure: %d "
+          "calls), %d levels, %.1f s (computation dtype %s)"
+          % (vsize, g, g, h.cd_evaluations, acd.cd.num_forwards, h.reference_cd_calls, len(h.levels), t,
+             "float32" if acd.cd.computation_dtype is None else "float64"), flush=True)
+    rows.append(("ACD ViT-B/16 %d px / %d" % (vsize, sweep),
+                 {"evals": h.cd_evaluations, "forwards": acd.cd.num_forwards, "ref_calls": h.reference_cd_calls,
+                  "time": t, "levels": len(h.levels), "modern": True,
+                  "dtype": acd.cd.computation_dtype}))
+
+
 def print_table(rows, args):
     print("\n## CD / ACD benchmarks (%s, random weights, float32, %d torch threads)\n"
           % (MODEL_NAME[0], torch.get_num_threads()))
     print("| measurement | value |")
     print("|---|---|")
     for name, r in rows:
+        if r.get("modern"):
+            dt = "float32" if r["dtype"] is None else "float64 (precision check)"
+            if "fwd" in r:
+                print("| %s: plain forward of the batch | %.2f s |" % (name, r["fwd"]))
+                print("| %s: `CD.decompose` (one call, checks included) | %.2f s = **%.2fx** the forward "
+                      "(target <= 3); %s |" % (name, r["cd"], r["cd"] / r["fwd"], dt))
+            else:
+                print("| %s | %d CD evaluations in %d forwards (reference procedure: %d calls), %d levels, "
+                      "**%.1f s**; %s |" % (name, r["evals"], r["forwards"], r["ref_calls"], r["levels"],
+                                            r["time"], dt))
+            continue
         if name.startswith("CD throughput"):
             n = int(name.split(",")[-1].split()[0])
             print("| %s: plain forward of the batch | %.3f s |" % (name, r["fwd"]))
@@ -416,6 +490,8 @@ def main() -> None:
     ap.add_argument("--sweep-dim", type=int, default=None, help="ACD block size (default 7; 8 with --quick)")
     ap.add_argument("--save", default=None, help="pickle the hierarchies (reference and ours) to this folder")
     ap.add_argument("--realtime", action="store_true", help="SCHED_FIFO (root): for shared machines")
+    ap.add_argument("--modern", action="store_true",
+                    help="only: ConvNeXt-T CD throughput and ACD on ViT-B/16 (224 px; 64 px with --quick)")
     args = ap.parse_args()
     if args.realtime:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
@@ -428,6 +504,12 @@ def main() -> None:
         print("acd package not found (pip install --no-deps acd==0.0.2): reference skipped", file=sys.stderr)
     print("torch %s, numpy %s, %d threads, %s cores" % (torch.__version__, np.__version__,
                                                       torch.get_num_threads(), os.cpu_count()), flush=True)
+    if args.modern:
+        rows = []
+        bench_modern(rows, quick=args.quick, image=args.image)
+        MODEL_NAME[0] = "ConvNeXt-T / ViT-B/16"
+        print_table(rows, args)
+        return
     if args.model == "lite0":
         sizes = [(args.acd_size, args.sweep_dim)] if args.acd_size else [(112, 7), (224, 14)]
         pretrained_sweep(sizes, args.count_images or ["chelsea", "coffee", "astronaut", "rocket"], ref)

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 __all__ = ["efficientnet_lite0", "lite0_preprocess", "lite0_to_unit", "LITE0_LOW", "LITE0_HIGH",
            "skimage_photo", "imagenet_categories",
-           "rotten_tomatoes_lstm", "TextModel", "LSTMSentiment", "tokenize"]
+           "rotten_tomatoes_lstm", "rotten_tomatoes_transformer", "TextModel", "LSTMSentiment",
+           "TransformerSentiment", "tokenize"]
 
 
 def efficientnet_lite0(pretrained: bool = True) -> nn.Module:
@@ -126,11 +127,40 @@ class LSTMSentiment(nn.Module):
         return self.hidden_to_label(out[-1])
 
 
+class TransformerSentiment(nn.Module):
+    """Embedding + learned position embedding -> ``nn.TransformerEncoder`` (batch first,
+    post-norm layers, GELU) -> mean over positions -> linear head.
+
+    Input: ``(T, B)`` token ids, sequence first (as :class:`LSTMSentiment`), and an
+    optional ``(B, T)`` key-padding mask (True = padding; used in training).
+    """
+
+    def __init__(self, vocab_size: int, d_model: int = 64, heads: int = 4, layers: int = 2, ff: int = 128,
+                 max_len: int = 128, classes: int = 2, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, d_model, padding_idx=1)
+        self.pos = nn.Embedding(max_len, d_model)
+        layer = nn.TransformerEncoderLayer(d_model, heads, ff, dropout, activation="gelu", batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d_model, classes)
+
+    def forward(self, text: Tensor, pad_mask: Optional[Tensor] = None) -> Tensor:
+        ids = text.t()  # (B, T)
+        T = ids.shape[1]
+        x = self.embed(ids) + self.pos.weight[:T]
+        h = self.encoder(x, src_key_padding_mask=pad_mask)
+        if pad_mask is None:
+            return self.head(h.mean(1))
+        keep = (~pad_mask).unsqueeze(-1).to(h.dtype)
+        return self.head((h * keep).sum(1) / keep.sum(1))
+
+
 class TextModel:
     """A trained text classifier with its vocabulary (see :func:`rotten_tomatoes_lstm`).
 
     Attributes:
-        model (LSTMSentiment): the classifier, eval mode, float32.
+        model (nn.Module): the classifier (:class:`LSTMSentiment` or
+            :class:`TransformerSentiment`), eval mode, float32; input ``(T, B)`` token ids.
         vocab (list of str): token of each id (``0`` = ``<unk>``, ``1`` = ``<pad>``).
         classes (list of str): ``["rotten", "fresh"]``.
         examples (list of str): held-out snippets (8-20 tokens) for demos.
@@ -175,5 +205,31 @@ def rotten_tomatoes_lstm() -> TextModel:
     d = torch.load(Path(__file__).resolve().parent / "data" / "rt_lstm.pt", weights_only=True)
     vocab = list(d["vocab"])
     model = LSTMSentiment(len(vocab))
+    model.load_state_dict({k: v.float() for k, v in d["state_dict"].items()})
+    return TextModel(model.eval(), vocab, list(d["examples"]), float(d["test_accuracy"]))
+
+
+def rotten_tomatoes_transformer() -> TextModel:
+    """A small sentiment transformer (2 encoder layers, 4 heads, width 64) trained on the
+    same Rotten Tomatoes snippets, split and vocabulary as :func:`rotten_tomatoes_lstm`,
+    with weights shipped in this package (``captum_rap/data/rt_transformer.pt``, made by
+    ``captum_rap/data/make_rt_transformer.py``; its held-out accuracy is
+    ``test_accuracy``).
+
+    Returns:
+        TextModel: model (input ``(T, B)`` token ids, output 2 logits: rotten, fresh),
+        vocabulary, ``encode(text)`` and held-out example snippets.
+
+    Examples::
+
+        >>> tm = rotten_tomatoes_transformer()
+        >>> ids, words = tm.encode(tm.examples[0])
+        >>> tree = ACD(tm.model, batch_dim=1).hierarchy_text(ids, words=words)
+    """
+    from pathlib import Path
+
+    d = torch.load(Path(__file__).resolve().parent / "data" / "rt_transformer.pt", weights_only=True)
+    vocab = list(d["vocab"])
+    model = TransformerSentiment(len(vocab), **dict(d["config"]))
     model.load_state_dict({k: v.float() for k, v in d["state_dict"].items()})
     return TextModel(model.eval(), vocab, list(d["examples"]), float(d["test_accuracy"]))

@@ -25,8 +25,10 @@
 # from the best single words (or image blocks), grows them into phrases (regions) while
 # that increases the score, then merges groups until one remains.
 #
-# Part 1 uses a small sentiment LSTM trained on Rotten Tomatoes snippets (shipped with
-# captum_rap: `captum_rap.zoo.rotten_tomatoes_lstm()`); part 2 runs ACD on EfficientNet-Lite0.
+# Part 1 uses two small sentiment models trained on the same Rotten Tomatoes snippets and
+# shipped with captum_rap: an LSTM (`captum_rap.zoo.rotten_tomatoes_lstm()`, the model shape
+# of the ACD paper) and a transformer (`rotten_tomatoes_transformer()`: embedding + position
+# embedding, two `nn.TransformerEncoder` layers); part 2 runs ACD on EfficientNet-Lite0.
 
 # %%
 import os
@@ -64,16 +66,26 @@ print(f"fast mode: {FAST}; output folder {OUT}")
 # `rotten_tomatoes_lstm()` returns a `TextModel`: the LSTM (input `(T, B)` token ids,
 # sequence first, output two logits: rotten, fresh), its vocabulary, `encode(text)` and a
 # few held-out example snippets.  Because the model is sequence-first, CD and ACD are told
-# that the batch axis is 1 (`batch_dim=1`).
+# that the batch axis is 1 (`batch_dim=1`).  `rotten_tomatoes_transformer()` has the same
+# interface, vocabulary and examples.
+#
+# CD follows the transformer through every operation with the rules of
+# `captum_rap._cd`: its position embeddings belong to the token at their position (as in
+# CD-T, Hsu et al. 2025), layer norm uses the statistics of the whole activation, GELU
+# keeps `f(relevant)` as the relevant part, and attention uses the attention pattern of the
+# whole input (CD-T), so the relevant output of attention is that pattern applied to the
+# relevant values.
 
 # %%
 from captum_rap import ACD, CD
-from captum_rap.zoo import rotten_tomatoes_lstm
+from captum_rap.zoo import rotten_tomatoes_lstm, rotten_tomatoes_transformer
 
 tm = rotten_tomatoes_lstm()
-print(f"held-out accuracy of the LSTM: {tm.test_accuracy:.3f}; classes {tm.classes}")
+tr = rotten_tomatoes_transformer()
+print(f"held-out accuracy: LSTM {tm.test_accuracy:.3f}, transformer {tr.test_accuracy:.3f}; classes {tm.classes}")
 texts = tm.examples[:2] if FAST else tm.examples
 cd = CD(tm.model, batch_dim=1)
+cd_tr = CD(tr.model, batch_dim=1)
 
 # %% [markdown]
 # ### Phrase scores with spans
@@ -86,7 +98,7 @@ cd = CD(tm.model, batch_dim=1)
 # sentence as the relevant part, relevant + irrelevant reproduces the logits.
 
 # %%
-def phrase_scores(ids: torch.Tensor, spans, target: int) -> np.ndarray:
+def phrase_scores(ids: torch.Tensor, spans, target: int, cd: CD = cd) -> np.ndarray:
     """CD score of each inclusive token span: relevant logit of ``target`` minus the other's."""
     rel, _ = cd.decompose(ids, spans=spans)
     return (rel[:, target] - rel[:, 1 - target]).numpy()
@@ -98,23 +110,25 @@ def phrase(words, span, score: float) -> str:
 
 for text in texts:
     ids, words = tm.encode(text)
-    with torch.no_grad():
-        logits = tm.model(ids)[0]
-    target = int(logits.argmax())
-    rel, irr = cd.decompose(ids, spans=[(0, len(words) - 1)])
-    print(f"\n{text!r}\n  prediction: {tm.classes[target]} (logits {logits.numpy().round(3)}); "
-          f"CD check |rel + irr - logits| = {float((rel[0] + irr[0] - logits).abs().max()):.1e}")
-    T = len(words)
-    singles = [(i, i) for i in range(T)]
-    triples = [(i, i + 2) for i in range(T - 2)]
-    s1, s3 = phrase_scores(ids, singles, target), phrase_scores(ids, triples, target)
-    best_words = np.argsort(-s1)[:3]
-    print("  strongest words:   " + ", ".join(f"{words[i]!r} {s1[i]:+.2f}" for i in best_words))
-    if triples:
-        best = np.argsort(-s3)[:2]
-        worst = np.argsort(s3)[:1]
-        print("  strongest phrases: " + ", ".join(phrase(words, triples[k], s3[k]) for k in best)
-              + "; most against: " + phrase(words, triples[worst[0]], s3[worst[0]]))
+    print(f"\n{text!r}")
+    for name, model, cd_m in (("LSTM", tm.model, cd), ("transformer", tr.model, cd_tr)):
+        with torch.no_grad():
+            logits = model(ids)[0]
+        target = int(logits.argmax())
+        rel, irr = cd_m.decompose(ids, spans=[(0, len(words) - 1)])
+        print(f"  {name}: prediction {tm.classes[target]} (logits {logits.numpy().round(3)}); "
+              f"CD check |rel + irr - logits| = {float((rel[0] + irr[0] - logits).abs().max()):.1e}")
+        T = len(words)
+        singles = [(i, i) for i in range(T)]
+        triples = [(i, i + 2) for i in range(T - 2)]
+        s1, s3 = phrase_scores(ids, singles, target, cd_m), phrase_scores(ids, triples, target, cd_m)
+        best_words = np.argsort(-s1)[:3]
+        print("    strongest words:   " + ", ".join(f"{words[i]!r} {s1[i]:+.2f}" for i in best_words))
+        if triples:
+            best = np.argsort(-s3)[:2]
+            worst = np.argsort(s3)[:1]
+            print("    strongest phrases: " + ", ".join(phrase(words, triples[k], s3[k]) for k in best)
+                  + "; most against: " + phrase(words, triples[worst[0]], s3[worst[0]]))
 
 # %% [markdown]
 # ### The ACD hierarchy of a sentence
@@ -127,20 +141,21 @@ for text in texts:
 # (red = for the predicted class, blue = against).
 
 # %%
-acd_text = ACD(tm.model, batch_dim=1)
+acd_text = {"LSTM": ACD(tm.model, batch_dim=1), "transformer": ACD(tr.model, batch_dim=1)}
 for k, text in enumerate(texts):
     ids, words = tm.encode(text)
-    t0 = time.perf_counter()
-    tree = acd_text.hierarchy_text(ids, words=words)
-    print(f"\n{text!r}: {len(tree)} levels, {tree.cd_evaluations} CD evaluations "
-          f"(the reference procedure makes {tree.reference_cd_calls}), {time.perf_counter() - t0:.2f} s; "
-          f"explained class {tm.classes[tree.target]}")
-    for lev in range(1, len(tree)):
-        phrases = [(" ".join(w for w, m in zip(words, g.mask) if m), g.score) for g in tree.groups(lev)]
-        print(f"  level {lev}: " + "; ".join(f"[{p}] {s:+.2f}" for p, s in phrases))
-    fig = tree.plot()
-    fig.suptitle(f"ACD: {tm.classes[tree.target]}", fontsize=9)
-    save(fig, f"03_acd_text_{k}.png")
+    for name, acd_m in acd_text.items():
+        t0 = time.perf_counter()
+        tree = acd_m.hierarchy_text(ids, words=words)
+        print(f"\n{name}, {text!r}: {len(tree)} levels, {tree.cd_evaluations} CD evaluations "
+              f"(the reference procedure makes {tree.reference_cd_calls}), {time.perf_counter() - t0:.2f} s; "
+              f"explained class {tm.classes[tree.target]}")
+        for lev in range(1, len(tree)):
+            phrases = [(" ".join(w for w, m in zip(words, g.mask) if m), g.score) for g in tree.groups(lev)]
+            print(f"  level {lev}: " + "; ".join(f"[{p}] {s:+.2f}" for p, s in phrases))
+        fig = tree.plot()
+        fig.suptitle(f"ACD ({name}): {tm.classes[tree.target]}", fontsize=9)
+        save(fig, f"03_acd_text_{k}.png" if name == "LSTM" else f"03_acd_text_transformer_{k}.png")
 
 # %% [markdown]
 # The hierarchy is plain data: `tree.to_json()` exports it (features as token positions),
@@ -218,7 +233,10 @@ save(fig, "03_acd_image_maps.png")
 # ## What to take away
 #
 # * CD scores groups (phrases, regions) with their interactions; the check
-#   `relevant + irrelevant = logits` holds by construction.
+#   `relevant + irrelevant = logits` holds by construction, for the LSTM, the transformer and
+#   the image model alike.
+# * On 100 held-out snippets, per-word CD scores rank the words like occlusion does (Spearman
+#   0.69 for the LSTM, 0.57 for the transformer; README, `benchmarks/cd_text_occlusion.py`).
 # * Single-block CD scores of a deep CNN are not additive (each block alone can score close
 #   to the whole image); ACD's hierarchy, which shows which blocks the procedure groups and
 #   in which order, is usually the more informative view.

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from .tensor import CDTensor, UnsupportedOperationError
+from .tensor import CDTensor, UnsupportedOperationError, _where, register
 
 EPS = 1e-20
 
@@ -222,3 +222,21 @@ def cd_gru(args, kwargs, where):
     ``rel + irr`` is the GRU's output up to rounding.  Returns ``(output, h_n)``."""
     out, (h,) = _recurrent("gru", _gru_direction, 1, args, kwargs, where)
     return out, h
+
+
+@register("lstm")
+def _lstm(func, name, args, kwargs):
+    return cd_lstm(args, kwargs, _where())
+
+
+@register("gru")
+def _gru(func, name, args, kwargs):
+    return cd_gru(args, kwargs, _where())
+
+
+@register("_pack_padded_sequence", "pack_padded_sequence")
+def _packed(func, name, args, kwargs):
+    raise UnsupportedOperationError(
+        "CD: packed sequences (`nn.utils.rnn.pack_padded_sequence`) in %s are not supported; "
+        "CD decomposes one input at a time, so run the recurrent layer on the unpacked "
+        "sequence (e.g. the input trimmed to its length)." % _where())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import numbers
 import warnings
@@ -112,20 +113,41 @@ class CD(Attribution):
     is wrapped in a tensor subclass that intercepts every torch function (modules,
     ``torch.nn.functional`` calls, ``+`` of residual branches, ``torch.cat``, reshapes,
     in-place activations).  Supported: ``conv1d/2d/3d`` (and transposed), ``linear``,
-    ``batch_norm`` (eval), ReLU family (``relu``, ``relu6``, ``leaky_relu``, ``hardtanh``,
-    ``clamp``, ``threshold``; in-place forms never mutate), max / avg / adaptive pooling,
-    dropout (identity), ``pad``, ``cat``/``stack``, sums and differences, products with
-    constants, all shape operations, ``embedding``, ``nn.LSTM`` and ``nn.GRU`` (any
-    number of layers, bidirectional, ``batch_first``).  Anything else touching a decomposed tensor
-    (``sigmoid``, ``gelu``, ``layer_norm``, a product of two decomposed tensors, ...)
-    raises :class:`UnsupportedOperationError` naming the function and the module.
+    ``batch_norm`` (eval), every element-wise activation (the ReLU family, ``sigmoid``,
+    ``tanh``, ``silu``, ``gelu``, ``hardswish``, ``hardsigmoid``, ``elu``, ``selu``,
+    ``softplus``, ``mish``, ...; in-place forms never mutate), ``layer_norm``,
+    ``group_norm``, ``instance_norm``, ``rms_norm``, ``normalize``, max / avg / adaptive
+    pooling, dropout (identity), ``pad``, ``cat``/``stack``, ``masked_fill``, sums and
+    differences, products with constants and of two decomposed tensors (``mul``,
+    ``matmul``, ``bmm``, ``einsum``, ``glu``), softmax attention,
+    ``scaled_dot_product_attention``, ``nn.MultiheadAttention``, all shape operations,
+    ``embedding``, ``nn.LSTM`` and ``nn.GRU`` (any number of layers, bidirectional,
+    ``batch_first``): every torchvision classifier, ``nn.TransformerEncoder`` and Hugging
+    Face BERT-style text models.  Anything else touching a decomposed tensor (``exp``,
+    ``pow``, ``log_softmax``, ...) raises :class:`UnsupportedOperationError` naming the
+    function and the module.
 
-    Layer rules: bias of conv / linear split between the parts proportionally to
-    ``(|W rel| + 1e-20) / (|W rel| + |W irr| + 2e-20)``; batch norm's shift split with
-    ``|r| / (|r| + |i|)`` (``0/0``: all to ``irr``); ReLU family ``rel' = f(rel)``,
-    ``irr' = f(rel + irr) - f(rel)``; max pooling moves both parts with the arg-max of the
-    sum; a constant added to a decomposed tensor goes to ``irr``; LSTM: the reference
-    rules; GRU: the same conventions (see :mod:`captum_rap._cd.lstm`).
+    Rules (each module of ``captum_rap._cd`` documents its rule and source):
+
+    * affine layers (reference ``acd``): bias of conv / linear split between the parts
+      proportionally to ``(|W rel| + 1e-20) / (|W rel| + |W irr| + 2e-20)``; batch norm's
+      shift split with ``|r| / (|r| + |i|)`` (``0/0``: all to ``irr``);
+    * element-wise activations ``f`` (reference ``acd``'s ReLU rule, generalised):
+      ``rel' = f(rel)``, ``irr' = f(rel + irr) - f(rel)``;
+    * max pooling: both parts move with the arg-max of the sum; a constant added to a
+      decomposed tensor goes to ``irr``;
+    * normalisations: statistics (mean, variance, norm) of the total activation held as
+      constants (CD-T's layer norm), centering and weight applied to each part, the bias
+      split as a linear layer's;
+    * products of two decomposed tensors: ``rel' = a_rel * b_rel``, every term with an
+      irrelevant factor to ``irr`` (the reference LSTM's gate products);
+    * softmax attention (CD-T, Hsu et al., ICLR 2025): the attention weights of the total
+      held as constants, so the output is linear in the values (``P v_rel``, ``P v_irr``);
+      a softmax used otherwise raises;
+    * token models: ``rel = m_t E[x_t]``; position / segment embeddings added to the token
+      embeddings belong to the token at their position (CD-T), so the whole sentence is
+      all relevant; LSTM: the reference rules; GRU: the same conventions (see
+      :mod:`captum_rap._cd.lstm`).
 
     Cost: the irrelevant part is never propagated on its own.  The decomposition carries
     ``rel`` and the total ``rel + irr``, which is the model's own activation for the
@@ -135,7 +157,8 @@ class CD(Attribution):
 
     Text models: pass integer token ids; the masks are over token positions and the
     decomposition starts at the embedding (``rel = m_t * E[x_t]``).  Any model built as
-    ``embedding -> nn.LSTM -> (indexing / pooling) -> linear head`` works unchanged, e.g.::
+    ``embedding -> nn.LSTM / nn.TransformerEncoder / BERT layers -> (indexing / pooling)
+    -> linear head`` works unchanged, e.g.::
 
         def forward(self, text):              # text: (T, B) token ids, sequence first
             out, _ = self.lstm(self.embed(text))
@@ -204,7 +227,11 @@ class CD(Attribution):
             precision check measured, at least 1e-4, in float32) or the batched forward
             fails, this instance computes one mask per forward from then on and warns.
             ``batching_error`` keeps the measured difference.  Once per instance (one
-            mask).  Default: True
+            mask).  When they differ, the first mask is also computed twice in one
+            forward: if that agrees with the batched result, the model does not mix its
+            batch and the difference is rounding amplified by an ill-conditioned
+            decomposition (kept in ``conditioning_error``; a warning says so and the masks
+            stay batched).  Default: True
 
     Examples::
 
@@ -244,6 +271,9 @@ class CD(Attribution):
         self.check_batching = bool(check_batching)
         #: relative difference between batched and one-mask forwards (None: not checked)
         self.batching_error: Optional[float] = None
+        #: difference of one mask computed in forwards of different sizes when that is
+        #: rounding, not mixing (None: not seen; see ``check_batching``)
+        self.conditioning_error: Optional[float] = None
         self._unbatched = False  # True once the batching check failed: one mask per forward
         self._reusable: dict = {}
         #: None = automatic (see ``batch_size`` above)
@@ -465,9 +495,9 @@ class CD(Attribution):
         K = masks.shape[0]
         self._reusable = {}
         low = dtype if dtype is not None else _model_dtype(self.model, inputs)
-        key = (inputs.data_ptr(), inputs._version, tuple(inputs.shape), str(inputs.device))
-        need_prec = (self.check_precision and K > 0 and key not in self._precision_checked
-                     and low in (torch.float32, torch.float16, torch.bfloat16))
+        need_prec = (self.check_precision and K > 0 and low in (torch.float32, torch.float16, torch.bfloat16))
+        key = _content_key(inputs, afa, low) if need_prec else None
+        need_prec = need_prec and key not in self._precision_checked
         need_batch = self.check_batching and not self._unbatched and self.batching_error is None and bs > 1 and K > 1
         if not (need_prec or need_batch):
             return True
@@ -492,6 +522,8 @@ class CD(Attribution):
             batch_fail = e
         ok = True
         if need_prec:
+            if len(self._precision_checked) >= 4096:
+                self._precision_checked.clear()
             self._precision_checked.add(key)
             n = len(idx) if batch_fail is None else 1
             m = sub if batch_fail is None else sub[:1]
@@ -525,6 +557,25 @@ class CD(Attribution):
                 scale = float((one[0] + one[1]).abs().max())
                 self.batching_error = float((ref - one[0]).abs().max()) / max(scale, 1e-30)
             tol = 1e-6 if one[0].dtype == torch.float64 else max(10 * (self.precision_error or 0.0), 1e-4)
+            if self.batching_error > tol and batch_fail is None:
+                # mixing, or rounding amplified? The first mask twice in one forward of the
+                # same size: a model that mixes its batch gives it other contributions next
+                # to another mask than next to itself; an ill-conditioned decomposition of a
+                # per-example model gives the same result in forwards of the same size
+                two = run(torch.cat([sub[:1], sub[:1]]), 2, run_dt)[0][:1]
+                mixing = float((two - ref).abs().max()) / max(scale, 1e-30)
+                if mixing <= tol:
+                    self.conditioning_error = self.batching_error
+                    self.batching_error = mixing
+                    warnings.warn(
+                        "CD: the decomposition is ill-conditioned for this model and input even in %s: "
+                        "the same mask computed in forwards of different sizes (whose rounding differs "
+                        "by one ulp) differs by %.3g of the output. CD's bias split |r| / (|r| + |i|) "
+                        "amplifies rounding at units where both parts nearly vanish (e.g. a full or "
+                        "empty mask through batch norm / gates); scores at that level are not "
+                        "reliable. (The model does not mix its batch: masks stay batched.)"
+                        % (str(one[0].dtype).replace("torch.", ""), self.conditioning_error),
+                        RuntimeWarning, stacklevel=4)
             if self.batching_error > tol:
                 self._unbatched = True
                 self._reusable = {one[0].dtype: (idx[:1], one[0], one[1])}
@@ -639,6 +690,21 @@ class CD(Attribution):
 
     def has_convergence_delta(self) -> bool:
         return False
+
+
+def _content_key(inputs: Tensor, afa, dtype) -> str:
+    """Identity of an input for the precision check: a hash of its values (bytes),
+    shape, dtype and device, and of the tensors among ``additional_forward_args``, and the
+    computation dtype.  (A key by address and version would let a new input written at a
+    reused address -- a recycled buffer, ``torch.from_numpy`` of a reused array -- skip
+    the check.)"""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(dtype).encode())
+    for t in [inputs] + [a for a in (afa or ()) if isinstance(a, Tensor)]:
+        d = t.detach()
+        h.update(repr((tuple(d.shape), str(d.dtype), str(d.device))).encode())
+        h.update(d.contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _model_dtype(model, inputs: Tensor) -> torch.dtype:

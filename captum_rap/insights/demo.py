@@ -86,12 +86,24 @@ class BatchFirst(nn.Module):
         return self.model(ids.transpose(0, 1))
 
 
-def demo_text_visualizer(texts: Optional[Sequence[str]] = None) -> AttributionVisualizer:
-    r"""Insights view of the shipped Rotten Tomatoes LSTM (CD and ACD on text).
+class RottenTomatoesLSTM(BatchFirst):
+    """The shipped sentiment LSTM, batch first (its name in the UI's model list)."""
+
+
+class RottenTomatoesTransformer(BatchFirst):
+    """The shipped sentiment transformer, batch first (its name in the UI's model list)."""
+
+
+def demo_text_visualizer(texts: Optional[Sequence[str]] = None,
+                         models: Sequence[str] = ("lstm", "transformer")) -> AttributionVisualizer:
+    r"""Insights view of the shipped Rotten Tomatoes models (CD and ACD on text): the LSTM
+    and the transformer, side by side in the view's model list (same vocabulary).
 
     Args:
-        texts (sequence of str, optional): snippets to explain. Default: the model's
+        texts (sequence of str, optional): snippets to explain. Default: the models'
             held-out examples (no labels are shipped with them, so they are unlabelled).
+        models (sequence of str, optional): which models, in order: ``"lstm"``,
+            ``"transformer"``. Default: both (model 0 the LSTM, model 1 the transformer)
 
     Returns:
         AttributionVisualizer: one text feature (token ids, batch first).
@@ -102,7 +114,14 @@ def demo_text_visualizer(texts: Optional[Sequence[str]] = None) -> AttributionVi
     """
     from captum_rap import zoo
 
-    tm = zoo.rotten_tomatoes_lstm()
+    loaders = {"lstm": (zoo.rotten_tomatoes_lstm, RottenTomatoesLSTM),
+               "transformer": (zoo.rotten_tomatoes_transformer, RottenTomatoesTransformer)}
+    if isinstance(models, str) or not models or any(m not in loaders for m in models):
+        raise ValueError(f"models must be a non-empty sequence of {sorted(loaders)}, got {models!r}")
+    tms = [(loaders[m][0](), loaders[m][1]) for m in models]
+    tm = tms[0][0]
+    if any(t.vocab != tm.vocab for t, _ in tms):  # pragma: no cover - the shipped models share it
+        raise ValueError("the text models do not share a vocabulary")
     words_of: Dict[Tuple[int, ...], List[str]] = {}
     batches = []
     for text in (texts if texts is not None else tm.examples):
@@ -117,9 +136,10 @@ def demo_text_visualizer(texts: Optional[Sequence[str]] = None) -> AttributionVi
 
     feature = TextFeature("Review", baseline_transforms=[lambda x: torch.ones_like(x)],  # <pad> = 1
                           input_transforms=None, visualization_transform=show)
-    model = BatchFirst(tm.model).eval()
-    return AttributionVisualizer([model], tm.classes, [feature], batches, use_label_for_attr=False,
-                                 title="Rotten Tomatoes LSTM (text)")
+    wrapped = [cls(t.model).eval() for t, cls in tms]
+    names = " and ".join("LSTM" if m == "lstm" else "transformer" for m in models)
+    return AttributionVisualizer(wrapped, tm.classes, [feature], batches, use_label_for_attr=False,
+                                 title=f"Rotten Tomatoes {names} (text)")
 
 
 def demo_views() -> Dict[str, AttributionVisualizer]:
