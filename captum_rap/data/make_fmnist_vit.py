@@ -2,8 +2,8 @@
 
 Data: the Debian package ``dataset-fashion-mnist`` (``apt-get install -y dataset-fashion-mnist``;
 the four official IDX files under ``/usr/share/datasets/fashion-mnist/``, Zalando SE, MIT
-licence).  Run from the repository root (CPU, seeded, one thread; 25 epochs took 2 h 8 min on a heavily shared
-2-core machine, log in ``fmnist_vit_train.log``)::
+licence).  Run from the repository root (CPU, seeded, one thread; the shipped run, 25 epochs,
+took 2 h 8 min on a heavily shared 2-core machine; its log is ``fmnist_vit_train.log``)::
 
     python captum_rap/data/make_fmnist_vit.py [--data /usr/share/datasets/fashion-mnist] \
         [--epochs 25] [--threads 1]
