@@ -5,11 +5,15 @@
   install them with ``pip install "captum-rap[demo]"``.
 * Photos shipped with scikit-image (``chelsea``, ``coffee``, ``astronaut``, ``rocket``, ...).
 * ImageNet class names from torchvision's weight metadata (no download).
+* A Rotten Tomatoes sentiment LSTM and a Fashion-MNIST Vision Transformer (torchvision's own
+  class), both trained here, with weights shipped in ``captum_rap/data/``, and 500 Fashion-MNIST
+  test images to evaluate the latter.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional
+from pathlib import Path
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -18,7 +22,11 @@ from torch import Tensor, nn
 __all__ = ["efficientnet_lite0", "lite0_preprocess", "lite0_to_unit", "LITE0_LOW", "LITE0_HIGH",
            "skimage_photo", "imagenet_categories",
            "rotten_tomatoes_lstm", "rotten_tomatoes_transformer", "TextModel", "LSTMSentiment",
-           "TransformerSentiment", "tokenize"]
+           "TransformerSentiment", "tokenize",
+           "fashion_mnist_vit", "fmnist_preprocess", "fmnist_to_unit", "fashion_mnist_test_subset",
+           "FMNIST_CLASSES", "FMNIST_MEAN", "FMNIST_STD", "FMNIST_LOW", "FMNIST_HIGH"]
+
+_DATA = Path(__file__).resolve().parent / "data"
 
 
 def efficientnet_lite0(pretrained: bool = True) -> nn.Module:
@@ -200,9 +208,7 @@ def rotten_tomatoes_lstm() -> TextModel:
         >>> ids, words = tm.encode(tm.examples[0])
         >>> tree = ACD(tm.model, batch_dim=1).hierarchy_text(ids, words=words)
     """
-    from pathlib import Path
-
-    d = torch.load(Path(__file__).resolve().parent / "data" / "rt_lstm.pt", weights_only=True)
+    d = torch.load(_DATA / "rt_lstm.pt", weights_only=True)
     vocab = list(d["vocab"])
     model = LSTMSentiment(len(vocab))
     model.load_state_dict({k: v.float() for k, v in d["state_dict"].items()})
@@ -233,3 +239,113 @@ def rotten_tomatoes_transformer() -> TextModel:
     model = TransformerSentiment(len(vocab), **dict(d["config"]))
     model.load_state_dict({k: v.float() for k, v in d["state_dict"].items()})
     return TextModel(model.eval(), vocab, list(d["examples"]), float(d["test_accuracy"]))
+# --------------------------------------------------------------------------- Fashion-MNIST ViT
+#: Fashion-MNIST class names, in label order
+FMNIST_CLASSES: List[str] = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                             "Shirt", "Sneaker", "Bag", "Ankle boot"]
+#: pixel mean and standard deviation of the Fashion-MNIST training set (``x / 255``)
+FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
+#: the value range of :func:`fmnist_preprocess` outputs (pixel 0 and 255): ZBox bounds
+FMNIST_LOW, FMNIST_HIGH = (0.0 - FMNIST_MEAN) / FMNIST_STD, (1.0 - FMNIST_MEAN) / FMNIST_STD
+
+# torchvision VisionTransformer arguments of the shipped model (as in make_fmnist_vit.py)
+_FMNIST_VIT_CONFIG = dict(image_size=28, patch_size=4, num_layers=6, num_heads=4, hidden_dim=64,
+                          mlp_dim=128, num_classes=10)
+
+
+def fashion_mnist_vit(pretrained: bool = True) -> nn.Module:
+    """A small Vision Transformer for Fashion-MNIST (91.3% test accuracy), trained here, in eval mode.
+
+    The model is torchvision's ``VisionTransformer`` class, unchanged (``nn.MultiheadAttention``,
+    ``LayerNorm``, ``GELU``; 28 px images, 4 px patches, 6 layers, 4 heads, width 64, MLP 128,
+    class token, 10 classes), whose patch embedding ``conv_proj`` takes one (grey-scale)
+    channel instead of three.  The weights (``captum_rap/data/fmnist_vit.pt``, float16 on disk,
+    float32 here) were trained on the official training set by
+    ``captum_rap/data/make_fmnist_vit.py``; the file also records the accuracy on the official
+    test set.  :func:`fashion_mnist_test_subset` gives 500 test images to evaluate it offline.
+
+    Args:
+        pretrained (bool): load the shipped weights (else torchvision's random initialisation).
+
+    Returns:
+        nn.Module: the model; input ``(N, 1, 28, 28)`` from :func:`fmnist_preprocess`, output
+        10 logits in the order of :data:`FMNIST_CLASSES`.
+
+    Raises:
+        ImportError: torchvision is not installed.
+
+    Examples::
+
+        >>> model = fashion_mnist_vit()
+        >>> images, labels = fashion_mnist_test_subset()
+        >>> logits = model(fmnist_preprocess(images[:8]))
+    """
+    if not isinstance(pretrained, bool):
+        raise TypeError(f"pretrained must be a bool, got {type(pretrained).__name__}")
+    try:
+        from torchvision.models.vision_transformer import VisionTransformer
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("the Fashion-MNIST ViT needs torchvision (pip install torchvision, "
+                          "or captum-rap[vision])") from exc
+    model = VisionTransformer(**_FMNIST_VIT_CONFIG)
+    p, width = _FMNIST_VIT_CONFIG["patch_size"], _FMNIST_VIT_CONFIG["hidden_dim"]
+    model.conv_proj = nn.Conv2d(1, width, kernel_size=p, stride=p)
+    if pretrained:
+        d = torch.load(_DATA / "fmnist_vit.pt", weights_only=True)
+        if d["config"] != _FMNIST_VIT_CONFIG or (d["mean"], d["std"]) != (FMNIST_MEAN, FMNIST_STD):
+            raise RuntimeError("captum_rap/data/fmnist_vit.pt does not match captum_rap.zoo's "
+                               "Fashion-MNIST ViT configuration")
+        model.load_state_dict({k: v.float() for k, v in d["state_dict"].items()})
+    else:
+        torch.nn.init.trunc_normal_(model.conv_proj.weight, std=(1.0 / (p * p)) ** 0.5)
+        torch.nn.init.zeros_(model.conv_proj.bias)
+    return model.eval()
+
+
+def fmnist_preprocess(images: Union[np.ndarray, Tensor]) -> Tensor:
+    """Fashion-MNIST uint8 images -> the input of :func:`fashion_mnist_vit`.
+
+    Args:
+        images (numpy.ndarray or Tensor): uint8 images of shape ``(28, 28)``, ``(N, 28, 28)``
+            or ``(N, 1, 28, 28)`` (0 = background).
+
+    Returns:
+        Tensor: float32 ``(N, 1, 28, 28)``, ``(images / 255 - FMNIST_MEAN) / FMNIST_STD``
+        (values in ``[FMNIST_LOW, FMNIST_HIGH]``).
+
+    Raises:
+        ValueError: ``images`` is not uint8 or has another shape.
+    """
+    x = torch.as_tensor(np.asarray(images)) if not isinstance(images, Tensor) else images
+    if x.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 (0-255), got {x.dtype}")
+    if x.dim() == 2:
+        x = x[None]
+    if x.dim() == 3:
+        x = x[:, None]
+    if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
+        raise ValueError(f"images must have shape (28, 28), (N, 28, 28) or (N, 1, 28, 28), "
+                         f"got {tuple(images.shape)}")
+    return (x.float() / 255.0 - FMNIST_MEAN) / FMNIST_STD
+
+
+def fmnist_to_unit(x: Tensor) -> Tensor:
+    """Inverse of :func:`fmnist_preprocess`'s scaling: model inputs -> [0, 1] images (same
+    shape), for display."""
+    return (x * FMNIST_STD + FMNIST_MEAN).clamp(0.0, 1.0)
+
+
+def fashion_mnist_test_subset() -> Tuple[Tensor, Tensor]:
+    """500 images of the official Fashion-MNIST test set, shipped with captum_rap.
+
+    50 images per class, drawn with a seeded permutation from ``t10k-images-idx3-ubyte``
+    (the Debian package ``dataset-fashion-mnist``) by ``captum_rap/data/make_fmnist_vit.py``;
+    ``captum_rap/data/fmnist_test500.npz`` also holds their ``indices`` in that file and the
+    data set's licence notice (Zalando SE, MIT).  None of them was used in training.
+
+    Returns:
+        (Tensor, Tensor): uint8 images ``(500, 28, 28)`` and int64 labels ``(500,)`` (see
+        :data:`FMNIST_CLASSES`).
+    """
+    with np.load(_DATA / "fmnist_test500.npz", allow_pickle=False) as d:
+        return torch.from_numpy(d["images"].copy()), torch.from_numpy(d["labels"].astype(np.int64))
