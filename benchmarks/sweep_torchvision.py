@@ -138,7 +138,7 @@ def check(name: str) -> dict:
         except Exception as exc:  # report, go on with the next method
             results[key] = "ERROR: %s: %s" % (type(exc).__name__, str(exc).splitlines()[0][:160])
     row["methods"] = results
-    del model
+    model = None
     gc.collect()
     # conservation on a float64 bias-free copy
     model, _ = build(name, torch.float64, True)
@@ -163,7 +163,7 @@ def check(name: str) -> dict:
     row["conserving"] = ", ".join(runs + ["rap"]) if attention else "all presets%s, rap" % (
         "" if dense else " but alpha-beta")
     row["seconds"] = time.perf_counter() - t0
-    del model
+    model = None
     gc.collect()
     return row
 

@@ -126,3 +126,34 @@ def test_cp_lrp_and_rap_conserve_on_bias_free_copies(name):
     # AttnLRP's softmax rule keeps a bias term: it does not conserve
     _, d_attn = LRP(model, "attnlrp", epsilon=0).attribute(x, target=targets, return_convergence_delta=True)
     assert float((d_attn.abs() / want.abs()).max()) > 1e-6
+
+
+def test_importing_transformers_leaves_torch_activations_alone():
+    """Regression: ``transformers.activations.ACT2CLS`` also lists torch's own ``nn.ReLU``,
+    ``nn.ReLU6``, ``nn.Sigmoid``, ...; taking every class in it as a Hugging Face activation
+    (one element-wise function, identity rule) made ReLUs pass negative pre-activations'
+    relevance and lost sigmoid gates as soon as transformers was imported (RAP on
+    MobileNetV2 off by 1e3 of the logit, order-dependent test failures)."""
+    from transformers.activations import ACT2CLS, GELUActivation, NewGELUActivation
+
+    from captum_rap._engine.optable import is_elementwise_module
+
+    torch_classes = {v[0] if isinstance(v, tuple) else v for v in ACT2CLS.values()}
+    torch_classes = {c for c in torch_classes if c.__module__.startswith("torch.")}
+    assert nn.ReLU in torch_classes and nn.Sigmoid in torch_classes  # the premise of the test
+    assert not any(is_elementwise_module(c()) for c in torch_classes)
+    assert is_elementwise_module(GELUActivation()) and is_elementwise_module(NewGELUActivation())
+    # a ReLU net after the import: RAP and LRP-0 conserve on a bias-free float64 copy and
+    # zero the relevance of the ReLU's dead units' inputs (identity would pass it)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8, bias=False), nn.ReLU(), nn.Linear(8, 3, bias=False)).double()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    with torch.no_grad():
+        want = net(x)[:, 1]
+    for method in (RAP(net), LRP(net, "epsilon", epsilon=1e-12)):
+        attr = method.attribute(x, target=1)
+        assert torch.allclose(attr.sum(1), want, rtol=1e-9, atol=1e-12)
+    # explicit LRP-0: R_x = x * W1^T ((W2[1] * relu'(h)))  (ReLU is linear where open)
+    h = x @ net[0].weight.T
+    grad = (net[2].weight[1] * (h > 0)) @ net[0].weight
+    assert torch.allclose(LRP(net, "epsilon", epsilon=1e-12).attribute(x, target=1), x * grad, rtol=1e-8, atol=1e-12)

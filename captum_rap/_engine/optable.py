@@ -174,8 +174,9 @@ _add(["detach", "detach_", "requires_grad_"], "cut")
 #: several torch operations (e.g. Hugging Face's ``NewGELUActivation``:
 #: ``0.5 x (1 + tanh(c (x + 0.044715 x³)))``).  Taken op by op, the constants inside
 #: (``1 + ...``) would absorb relevance; as one element-wise function they get the identity
-#: rule.  Hugging Face's activation classes (``transformers.activations.ACT2CLS``) are
-#: included when transformers is imported.
+#: rule.  Hugging Face's own activation classes (those of ``transformers.activations.ACT2CLS``
+#: defined by transformers, not torch's ``nn.ReLU`` etc. it also lists) are included when
+#: transformers is imported.
 ELEMENTWISE_MODULES: Set[type] = set()
 
 
@@ -192,7 +193,11 @@ def _hf_activation_classes() -> Set[type]:
     table = getattr(acts, "ACT2CLS", None) if acts is not None else None
     if not table:
         return set()
-    return {v[0] if isinstance(v, tuple) else v for v in table.values() if isinstance(v, (type, tuple))}
+    # ACT2CLS also maps names to torch's own modules (nn.ReLU, nn.ReLU6, nn.Sigmoid, ...):
+    # those are one torch function each and keep their own treatment (ReLU-family rules,
+    # gates), so only Hugging Face's own classes are taken
+    classes = {v[0] if isinstance(v, tuple) else v for v in table.values() if isinstance(v, (type, tuple))}
+    return {c for c in classes if isinstance(c, type) and c.__module__.startswith("transformers.")}
 
 
 def is_elementwise_module(module: Any) -> bool:
