@@ -130,8 +130,8 @@ def test_efficientnet_lite0_real_weights_chelsea():
     with torch.no_grad():
         logit = float(model(x)[0, 285])
     total = float(attr.double().sum())
-    # the delta is the map's sum minus the logit; relevance is positive overall for the
-    # predicted class and the biases (and epsilons) absorb only part of the logit:
-    # 0 < |logit - total| < logit
-    assert abs(float(delta) - (total - logit)) < 1e-4 * abs(logit)
+    # the delta is the logit minus the map's sum (Captum's LRP convention); relevance is
+    # positive overall for the predicted class and the biases (and epsilons) absorb only part
+    # of the logit: 0 < |logit - total| < logit
+    assert abs(float(delta) - (logit - total)) < 1e-4 * abs(logit)
     assert logit > 0 and total > 0 and 0 < abs(logit - total) < logit

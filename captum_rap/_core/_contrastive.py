@@ -145,8 +145,9 @@ class ContrastiveAttribution(PropagationAttribution):
     method_name = "contrastive"
 
     def __init__(self, model: nn.Module, composite: Union[str, Composite, None] = "zplus_box",
-                 merge_batchnorm: bool = True, **composite_kwargs: Any) -> None:
-        super().__init__(model)
+                 merge_batchnorm: bool = True, dtype: Optional[torch.dtype] = None,
+                 **composite_kwargs: Any) -> None:
+        super().__init__(model, dtype)
         check_rule_attributes(self.model, type(self).__name__)
         self.composite = get_composite(composite, **composite_kwargs)
         self.merge_batchnorm = check_flag(type(self).__name__, "merge_batchnorm", merge_batchnorm)
@@ -239,7 +240,8 @@ class ContrastiveAttribution(PropagationAttribution):
             maps = (tuple(r[:n] for r in rel), tuple(r[n:] for r in rel))
         else:
             maps = (tuple(rel), None)
-        return maps, outputs, seeds[0], seeds[1], is_tuple
+        # the last run's seeds (a run redone in float64 calls seed_fn again)
+        return maps, outputs, seeds[-2], seeds[-1], is_tuple
 
     @staticmethod
     def _contrast_delta(diff: Tuple[Tensor, ...], seed_target: Tensor, seed_dual: Tensor) -> Tensor:
@@ -248,14 +250,13 @@ class ContrastiveAttribution(PropagationAttribution):
         n = seed_target.shape[0]
         return (seed_target - seed_dual).reshape(n, -1).sum(1) - per_example_sum(diff, n)
 
-    @staticmethod
-    def _pack(is_tuple: bool, attr: Tuple[Tensor, ...], dual: Optional[Tuple[Tensor, ...]],
+    def _pack(self, is_tuple: bool, attr: Tuple[Tensor, ...], dual: Optional[Tuple[Tensor, ...]],
               delta: Optional[Tensor], return_dual: bool, return_convergence_delta: bool):
-        out: List[Any] = [_format_output(is_tuple, attr)]
+        out: List[Any] = [_format_output(is_tuple, self._to_result(tuple(attr)))]
         if return_dual:
-            out.append(_format_output(is_tuple, dual))
+            out.append(_format_output(is_tuple, self._to_result(tuple(dual)) if dual is not None else dual))
         if return_convergence_delta:
-            out.append(delta)
+            out.append(self._to_result(delta))
         return out[0] if len(out) == 1 else tuple(out)
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import numbers
 import warnings
 from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+
+import math
 
 import numpy as np
 import torch
@@ -55,6 +58,96 @@ def normal_tensor(t: Any) -> Any:
         with torch.inference_mode(False):
             return t.clone()
     return t
+
+
+# -- precision ------------------------------------------------------------------------------
+_HALF = (torch.float16, torch.bfloat16)
+
+#: Estimated relative error of the relevance sum above which a run is redone in float64
+#: (``dtype=None``) or a warning is given (an explicit ``dtype``).  The estimate is
+#: ``Σ|R_in| / Σ|seed| · eps(dtype)``: relevance that cancels in the sum carries rounding
+#: errors of the size of its mass.
+PRECISION_TOLERANCE = 1e-3
+
+
+def check_dtype(method: str, dtype: Any) -> Optional[torch.dtype]:
+    """``None`` (automatic) or the computation dtype of the relevance path."""
+    if dtype is None:
+        return None
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"{method}: dtype must be None (automatic), torch.float32 or torch.float64, "
+                         f"got {dtype!r} (half precision is never used on the relevance path)")
+    return dtype
+
+
+def model_dtype(model: nn.Module, inputs: Tuple[Any, ...]) -> torch.dtype:
+    """The floating dtype the model computes in: its first floating parameter or buffer,
+    else its first floating input, else torch's default."""
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    for t in inputs:
+        if isinstance(t, Tensor) and t.is_floating_point():
+            return t.dtype
+    return torch.get_default_dtype()
+
+
+@contextlib.contextmanager
+def parameters_in(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
+    """The model's floating parameters and buffers replaced by copies in ``dtype`` for the
+    duration (tied parameters stay tied, ``requires_grad`` kept); the original objects are
+    put back afterwards, also when the body raises, so the model is unchanged."""
+    saved: List[Tuple[dict, str, Tensor]] = []
+    copies: dict = {}
+    try:
+        for mod in model.modules():
+            for store, is_param in ((mod._parameters, True), (mod._buffers, False)):
+                for name, t in list(store.items()):
+                    if t is None or not t.is_floating_point() or t.dtype == dtype:
+                        continue
+                    new = copies.get(id(t))
+                    if new is None:
+                        data = t.detach().to(dtype)
+                        new = nn.Parameter(data, requires_grad=t.requires_grad) if is_param else data
+                        copies[id(t)] = new
+                    saved.append((store, name, t))
+                    store[name] = new
+        yield
+    finally:
+        for store, name, t in reversed(saved):
+            store[name] = t
+
+
+@contextlib.contextmanager
+def autocast_disabled(inputs: Tuple[Any, ...]) -> Iterator[None]:
+    """No autocast inside a propagation (it would run layers in half precision)."""
+    kinds = {"cpu"} | {t.device.type for t in inputs if isinstance(t, Tensor)}
+    with contextlib.ExitStack() as stack:
+        for kind in sorted(kinds):
+            try:
+                stack.enter_context(torch.autocast(device_type=kind, enabled=False))
+            except (RuntimeError, ValueError):  # a device type without autocast
+                pass
+        yield
+
+
+def cast_floating(values: Tuple[Any, ...], dtype: torch.dtype) -> Tuple[Any, ...]:
+    return tuple(v.to(dtype) if isinstance(v, Tensor) and v.is_floating_point() and v.dtype != dtype else v
+                 for v in values)
+
+
+def relative_error_estimate(rel: Tuple[Any, ...], seed: Tensor, dtype: torch.dtype) -> float:
+    """``max over examples of Σ|R_in| / Σ|seed| · eps(dtype)`` (inf for non-finite maps)."""
+    n = seed.shape[0]
+    mass = torch.zeros(n, dtype=torch.float64, device=seed.device)
+    for r in rel:
+        if isinstance(r, Tensor) and r.is_floating_point() and r.shape[:1] == seed.shape[:1]:
+            mass = mass + r.detach().abs().reshape(n, -1).sum(1, dtype=torch.float64)
+    if not bool(torch.isfinite(mass).all()):
+        return math.inf
+    ref = seed.detach().abs().reshape(n, -1).sum(1, dtype=torch.float64)
+    ratio = torch.where(ref > 0, mass / ref.clamp(min=torch.finfo(torch.float64).tiny), torch.zeros_like(mass))
+    return float(ratio.max()) * torch.finfo(dtype).eps if n else 0.0
 
 
 def check_rule_attributes(model: nn.Module, method: str) -> None:
@@ -196,12 +289,15 @@ class PropagationAttribution(GradientAttribution):
     method_name = "propagation"
     merge_batchnorm = False
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, dtype: Optional[torch.dtype] = None) -> None:
         model = unwrap_model(model, type(self).__name__)
         if not isinstance(model, nn.Module):
             raise TypeError(f"{type(self).__name__} needs an nn.Module, got {type(model).__name__}")
         super().__init__(model)
         self.model = model
+        self.dtype = check_dtype(type(self).__name__, dtype)
+        self._runs = 0  # propagations started (layer methods keep the last run's relevances)
+        self._result_dtype: torch.dtype = torch.float32
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -255,11 +351,43 @@ class PropagationAttribution(GradientAttribution):
                                  f"{tuple(seed.shape) if isinstance(seed, Tensor) else type(seed).__name__}")
             return seed.to(dtype=outputs.dtype, device=outputs.device)
 
-        prop = Propagator(self.model, rule_for or self._rule_for, method_name=self.method_name,
-                          merge_batchnorm=self.merge_batchnorm, op_rule=self._op_rule)
-        with autograd_enabled():
-            rel, outputs, seed = prop.run(inputs_t, extra, seed_fn, layer_hooks=layer_hooks)
+        # precision: the relevance path runs in float32 at least (half models and autocast
+        # are propagated in float32, results returned in the model's dtype); with
+        # ``dtype=None`` an ill-conditioned float32 run is redone in float64, with an
+        # explicit dtype it warns
+        self._result_dtype = model_dtype(self.model, inputs_t)
+        if self.dtype is not None:
+            work = self.dtype
+        else:
+            work = torch.float64 if self._result_dtype == torch.float64 else torch.float32
+        plan = [work] + ([torch.float64] if self.dtype is None and work != torch.float64 else [])
+        for i, dtype in enumerate(plan):
+            self._runs += 1
+            prop = Propagator(self.model, rule_for or self._rule_for, method_name=self.method_name,
+                              merge_batchnorm=self.merge_batchnorm, op_rule=self._op_rule)
+            with parameters_in(self.model, dtype), autocast_disabled(inputs_t), autograd_enabled():
+                rel, outputs, seed = prop.run(cast_floating(inputs_t, dtype), cast_floating(extra, dtype), seed_fn,
+                                              layer_hooks=layer_hooks)
+            err = relative_error_estimate(rel, seed, dtype)
+            if err <= PRECISION_TOLERANCE:
+                break
+            if i + 1 == len(plan):
+                hint = ("pass dtype=None or dtype=torch.float64" if dtype != torch.float64 else
+                        "a larger epsilon / stabilizer makes the rules better conditioned")
+                warnings.warn(
+                    f"{self.method_name}: the relevance sum is ill-conditioned in {dtype} (Σ|R| is "
+                    f"{err / torch.finfo(dtype).eps:.1e} times the output relevance: estimated relative "
+                    f"error {err:.1e}); the map may be dominated by rounding ({hint}).", RuntimeWarning,
+                    stacklevel=4)
         return rel, outputs, seed, is_inputs_tuple
+
+    def _to_result(self, value: Any) -> Any:
+        """A floating tensor (or a tuple / list of them) in the dtype of the user's model."""
+        if isinstance(value, (tuple, list)):
+            return type(value)(self._to_result(v) for v in value)
+        if isinstance(value, Tensor) and value.is_floating_point() and value.dtype != self._result_dtype:
+            return value.to(self._result_dtype)
+        return value
 
     @staticmethod
     def _delta(rel: Tuple[Tensor, ...], seed: Tensor) -> Tensor:
@@ -277,7 +405,7 @@ class PropagationAttribution(GradientAttribution):
         return output.reshape(n, -1).sum(1) - total
 
     def _format(self, rel, outputs, seed, is_inputs_tuple, return_convergence_delta):
-        out = _format_output(is_inputs_tuple, rel)
+        out = _format_output(is_inputs_tuple, self._to_result(tuple(rel)))
         if return_convergence_delta:
-            return out, self._delta(rel, seed)
+            return out, self._to_result(self._delta(rel, seed))
         return out

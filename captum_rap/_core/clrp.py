@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +50,7 @@ class CLRP(ContrastiveAttribution):
         normalize (str): ``"none"`` (paper) or ``"sum"`` (official code). Default: ``"none"``.
         seeds (str): ``"paper"`` or ``"code"`` (see above). Default: ``"paper"``.
         merge_batchnorm (bool): as for :class:`~captum_rap.LRP`. Default: True.
+        dtype (torch.dtype, optional): as for :class:`~captum_rap.LRP`.
         **composite_kwargs: preset overrides (``low``, ``high``, ``epsilon``,
             ``relevance_filter``, ...).
 
@@ -67,14 +68,15 @@ class CLRP(ContrastiveAttribution):
 
     def __init__(self, model: nn.Module, variant: int = 1,
                  composite: Union[str, Composite, None] = "zplus_box", normalize: str = "none",
-                 seeds: str = "paper", merge_batchnorm: bool = True, **composite_kwargs: Any) -> None:
+                 seeds: str = "paper", merge_batchnorm: bool = True, dtype: Optional[torch.dtype] = None,
+                 **composite_kwargs: Any) -> None:
         if variant not in (1, 2):
             raise ValueError(f"CLRP: variant must be 1 or 2, got {variant!r}")
         if normalize not in ("none", "sum"):
             raise ValueError(f"CLRP: normalize must be 'none' or 'sum', got {normalize!r}")
         if seeds not in ("paper", "code"):
             raise ValueError(f"CLRP: seeds must be 'paper' or 'code', got {seeds!r}")
-        super().__init__(model, composite, merge_batchnorm, **composite_kwargs)
+        super().__init__(model, composite, merge_batchnorm, dtype, **composite_kwargs)
         self.variant = variant
         self.normalize = normalize
         self.seeds = seeds

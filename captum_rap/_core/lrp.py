@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +42,13 @@ class LRP(PropagationAttribution):
             followed by ``BatchNorm1d(L)`` is not folded), and it is the only way relevance
             leaves the layer (``relu(bn(c) + c)`` is not folded); elsewhere the batch norm
             keeps its own rule, as with ``False``. Default: True.
+        dtype (torch.dtype, optional): computation dtype of the relevance path.  ``None``
+            (default): the model's dtype, at least float32 (half-precision models and
+            autocast are propagated in float32 on copies of the parameters; results come
+            back in the model's dtype), and a float32 run whose relevance sum is
+            ill-conditioned (``Σ|R| / Σ|seed| · eps > 1e-3``) is redone in float64.
+            ``torch.float32`` / ``torch.float64``: that dtype, with a warning when the
+            estimate exceeds the tolerance.
         **composite_kwargs: overrides for a preset, e.g. ``epsilon=1e-9``, ``gamma=0.5``,
             ``low=-2.12, high=2.64`` (ZBox bounds, scalars or per-channel tensors).
 
@@ -58,8 +65,9 @@ class LRP(PropagationAttribution):
     method_name = "LRP"
 
     def __init__(self, model: nn.Module, composite: Union[str, Composite, None] = "epsilon",
-                 merge_batchnorm: bool = True, **composite_kwargs: Any) -> None:
-        super().__init__(model)
+                 merge_batchnorm: bool = True, dtype: Optional[torch.dtype] = None,
+                 **composite_kwargs: Any) -> None:
+        super().__init__(model, dtype)
         check_rule_attributes(self.model, type(self).__name__)
         self.composite = get_composite(composite, **composite_kwargs)
         self.merge_batchnorm = check_flag(type(self).__name__, "merge_batchnorm", merge_batchnorm)
@@ -125,7 +133,7 @@ class LayerLRP(LRP):
             several times, the relevances of all calls are summed), or a list of them: then
             ``attribute`` returns a list with one relevance per layer (and a list of deltas),
             all from one propagation, as Captum's ``LayerLRP``.
-        composite, merge_batchnorm, **composite_kwargs: as for :class:`LRP`.
+        composite, merge_batchnorm, dtype, **composite_kwargs: as for :class:`LRP`.
 
     Examples::
 
@@ -137,8 +145,9 @@ class LayerLRP(LRP):
 
     def __init__(self, model: nn.Module, layer: Union[nn.Module, Sequence[nn.Module]],
                  composite: Union[str, Composite, None] = "epsilon",
-                 merge_batchnorm: bool = True, **composite_kwargs: Any) -> None:
-        super().__init__(model, composite, merge_batchnorm, **composite_kwargs)
+                 merge_batchnorm: bool = True, dtype: Optional[torch.dtype] = None,
+                 **composite_kwargs: Any) -> None:
+        super().__init__(model, composite, merge_batchnorm, dtype, **composite_kwargs)
         self.layer = check_layers(self.model, layer, self.method_name)
 
     @log_usage()
@@ -190,11 +199,13 @@ def layer_attribute(method: PropagationAttribution, layer: Any, inputs, target,
     layer of a list, from the same propagation)."""
     check_flag(method.method_name, "attribute_to_layer_input", attribute_to_layer_input)
     layers = list(layer) if isinstance(layer, list) else [layer]
-    collected: List[List[Tensor]] = [[] for _ in layers]
+    collected: List[List[Tuple[int, Tensor]]] = [[] for _ in layers]
 
     def make_callback(store: List[Tensor]):
         def callback(r: Tensor) -> None:
-            store.append(r.detach())
+            if store and store[0][0] != method._runs:  # a run redone in float64 replaces the first
+                store.clear()
+            store.append((method._runs, r.detach()))
         return callback
 
     with torch.enable_grad():
@@ -207,13 +218,14 @@ def layer_attribute(method: PropagationAttribution, layer: Any, inputs, target,
         if not c:
             raise ValueError(f"{method.method_name}: the layer {type(m).__name__} was not called in the "
                              "forward pass or its activation carries no relevance")
-        shapes = {tuple(t.shape) for t in c}
+        shapes = {tuple(t.shape) for _, t in c}
         if len(shapes) != 1:
             raise ValueError(f"{method.method_name}: the layer {type(m).__name__} was called {len(c)} times "
                              f"with different shapes {sorted(shapes)}")
-        rels.append(torch.stack(c).sum(0))
+        rels.append(torch.stack([t for _, t in c]).sum(0))
     n = seed.shape[0]
-    deltas = [seed.reshape(n, -1).sum(1) - r.reshape(n, -1).sum(1) for r in rels]
+    deltas = method._to_result([seed.reshape(n, -1).sum(1) - r.reshape(n, -1).sum(1) for r in rels])
+    rels = method._to_result(rels)
     if not isinstance(layer, list):
         return (rels[0], deltas[0]) if return_convergence_delta else rels[0]
     return (rels, deltas) if return_convergence_delta else rels

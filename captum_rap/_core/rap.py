@@ -247,6 +247,13 @@ class RAP(PropagationAttribution):
         operations (str): the rules for products of two relevance-carrying tensors and for
             softmax: ``"cp_lrp"`` (default: signal-take-all for gates, attention weights as
             constants) or ``"attnlrp"`` (uniform rule, AttnLRP's softmax rule).
+        dtype (torch.dtype, optional): computation dtype of the relevance path.  ``None``
+            (default): the model's dtype, at least float32 (half-precision models and
+            autocast are propagated in float32 on copies of the parameters; results come
+            back in the model's dtype), and a float32 run whose relevance sum is
+            ill-conditioned (``Σ|R| / Σ|seed| · eps > 1e-3``) is redone in float64.
+            ``torch.float32`` / ``torch.float64``: that dtype, with a warning when the
+            estimate exceeds the tolerance.
 
     Examples::
 
@@ -261,8 +268,9 @@ class RAP(PropagationAttribution):
     _OPERATIONS = {"cp_lrp": {"product": SignalTakeAll(), "softmax": ConstantSoftmax()},
                    "attnlrp": {"product": Uniform(), "softmax": AttnLRPSoftmax()}}
 
-    def __init__(self, model: nn.Module, stabilizer: float = 0.0, operations: str = "cp_lrp") -> None:
-        super().__init__(model)
+    def __init__(self, model: nn.Module, stabilizer: float = 0.0, operations: str = "cp_lrp",
+                 dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__(model, dtype)
         if operations not in self._OPERATIONS:
             raise ValueError(f"operations must be one of {sorted(self._OPERATIONS)}, got {operations!r}")
         self.operations = operations
@@ -317,7 +325,7 @@ class LayerRAP(RAP):
         layer (nn.Module or list of nn.Module): a submodule of ``model`` (relevances of
             repeated calls are summed), or a list of them (one relevance per layer, from
             one propagation).
-        stabilizer, operations: as for :class:`RAP`.
+        stabilizer, operations, dtype: as for :class:`RAP`.
 
     Examples::
 
@@ -328,10 +336,10 @@ class LayerRAP(RAP):
     method_name = "LayerRAP"
 
     def __init__(self, model: nn.Module, layer: Union[nn.Module, List[nn.Module]], stabilizer: float = 0.0,
-                 operations: str = "cp_lrp") -> None:
+                 operations: str = "cp_lrp", dtype: Optional[torch.dtype] = None) -> None:
         from .lrp import check_layers
 
-        super().__init__(model, stabilizer, operations)
+        super().__init__(model, stabilizer, operations, dtype)
         self.layer = check_layers(self.model, layer, self.method_name)
 
     @log_usage()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +36,7 @@ class SGLRP(ContrastiveAttribution):
         scaling (bool): scale the dual map to the target map's total. Default: True.
         relu (bool): keep only positive relevance. Default: False.
         merge_batchnorm (bool): as for :class:`~captum_rap.LRP`. Default: True.
+        dtype (torch.dtype, optional): as for :class:`~captum_rap.LRP`.
         **composite_kwargs: preset overrides (``low``, ``high``, ``relevance_filter``, ...).
 
     Examples::
@@ -49,8 +50,8 @@ class SGLRP(ContrastiveAttribution):
 
     def __init__(self, model: nn.Module, composite: Union[str, Composite, None] = "zplus_box",
                  scaling: bool = True, relu: bool = False, merge_batchnorm: bool = True,
-                 **composite_kwargs: Any) -> None:
-        super().__init__(model, composite, merge_batchnorm, **composite_kwargs)
+                 dtype: Optional[torch.dtype] = None, **composite_kwargs: Any) -> None:
+        super().__init__(model, composite, merge_batchnorm, dtype, **composite_kwargs)
         self.scaling = check_flag("SGLRP", "scaling", scaling)
         self.relu = check_flag("SGLRP", "relu", relu)
 
