@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -31,8 +32,8 @@ from bench_propagation import baselines, round_robin  # noqa: E402
 
 ARCHS = {
     "vit_b_16": ["attnlrp", "cp_lrp", "epsilon", "rap"],
-    "convnext_tiny": ["rap", "epsilon", "epsilon_plus", "epsilon_gamma_box", "attnlrp"],
-    "efficientnet_b0": ["rap", "epsilon", "epsilon_plus", "epsilon_gamma_box", "attnlrp"],
+    "convnext_tiny": ["rap", "rap_f32", "epsilon", "epsilon_plus", "epsilon_gamma_box", "attnlrp"],
+    "efficientnet_b0": ["rap", "rap_f32", "epsilon", "epsilon_plus", "epsilon_gamma_box", "attnlrp"],
 }
 
 _LXT = r"""
@@ -84,9 +85,18 @@ def methods(model, names: List[str]) -> Dict[str, Callable]:
 
     out: Dict[str, Callable] = {}
     for name in names:
-        method = RAP(model) if name == "rap" else LRP(model, name)
-        label = "captum_rap RAP" if name == "rap" else f"captum_rap LRP {name}"
-        out[label] = (lambda m: lambda x, t: m.attribute(x, target=t))(method)
+        if name == "rap_f32":
+            # one float32 pass, no float64 fallback of the precision guard (it may warn)
+            method, label = RAP(model, dtype=torch.float32), "captum_rap RAP dtype=float32"
+        else:
+            method = RAP(model) if name == "rap" else LRP(model, name)
+            label = "captum_rap RAP" if name == "rap" else f"captum_rap LRP {name}"
+
+        def call(x, t, m=method):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return m.attribute(x, target=t)
+        out[label] = call
     return out
 
 
