@@ -169,7 +169,6 @@ def check(name: str) -> dict:
 
 
 def to_markdown(rows) -> str:
-    keys = PRESETS + ["rap", "clrp1", "sglrp", "layer_lrp", "layer_rap"]
     lines = ["| model | input | params (M) | all LRP presets | RAP | CLRP1 | SGLRP | LayerLRP / LayerRAP "
              "(block) | conservation, bias-free float64 (max rel. error) | time (s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
