@@ -53,21 +53,6 @@ def _check_output_file(path: str) -> None:
         raise CLIError(f"cannot write {path}: permission denied")
 
 
-def _prepare_output_folder(path: str) -> None:
-    """Create the demo's output folder (or check it) and check that it is writable, before
-    any work."""
-    if not path or not path.strip():
-        raise CLIError("--out must name a folder")
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise CLIError(f"--out names a file, not a folder: {path}")
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as exc:
-        raise CLIError(f"cannot write to the folder {path}: {exc.strerror or exc}") from None
-
-
 def run_explain(args: argparse.Namespace) -> int:
     """``captum-rap explain``: validate everything, explain one image, write ``--out``."""
     import torch
