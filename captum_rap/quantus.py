@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .__main__ import DEFAULT_LRP_PRESET, METHODS, CLIError, parse_method
+from .cli.common import DEFAULT_LRP_PRESET, METHODS, CLIError, parse_method
 
 __all__ = ["explain_func", "METHOD_NAMES"]
 

@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import numpy as np
 from torch import Tensor
 
-__all__ = ["to_hwc", "positive_negative", "visualize_rap", "visualize_rap_grid"]
+__all__ = ["to_hwc", "positive_negative", "visualize_rap", "visualize_rap_grid", "heatmap_figure", "acd_figure"]
 
 ArrayLike = Union[Tensor, np.ndarray]
 
@@ -208,3 +208,99 @@ def visualize_rap_grid(
         a.set_yticks([])
     fig.tight_layout()
     return fig, axes
+
+
+def _signed_limit(heat: np.ndarray) -> float:
+    """Symmetric colour limit: the 99.5th percentile of ``|heat|`` (1 for an empty map)."""
+    lim = float(np.percentile(np.abs(heat), 99.5)) if heat.size else 0.0
+    return lim if lim > 0 else 1.0
+
+
+def heatmap_figure(attr: ArrayLike, display: np.ndarray, title: str):
+    r"""Input | signed heat map of one map (channel sum, ``"bwr"`` on a scale symmetric
+    around 0: the 99.5th percentile of ``|map|``), the figure of ``captum-rap explain``.
+
+    Args:
+        attr (Tensor or ndarray): one map, (C, H, W), (1, C, H, W) or (H, W, C).
+        display (ndarray): the input as an (H, W, 3) image in [0, 1].
+        title (str): title of the heat map.
+
+    Returns:
+        matplotlib Figure (not attached to pyplot).
+
+    Examples::
+
+        >>> fig = heatmap_figure(LRP(model).attribute(x, target=281)[0], image, "LRP")
+        >>> fig.savefig("lrp.png")
+    """
+    from matplotlib.figure import Figure
+
+    pos, neg = positive_negative(attr)
+    heat = pos + neg
+    lim = _signed_limit(heat)
+    fig = Figure(figsize=(7, 3.6))
+    ax = fig.subplots(1, 2)
+    ax[0].imshow(display)
+    ax[0].set_title("input")
+    im = ax[1].imshow(heat, cmap="bwr", vmin=-lim, vmax=lim)
+    ax[1].set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax[1], fraction=0.046, pad=0.04)
+    for a in ax:
+        a.set_xticks([])
+        a.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def acd_figure(tree: Any, display: np.ndarray, names: Sequence[str], max_levels: int = 5):
+    r"""ACD on an image: input, the CD score of every block, then the groups of up to
+    ``max_levels`` hierarchy levels (finest first) over the image, each group in its own
+    colour with its CD score written at its centre (the ACD figure of ``captum-rap``).
+
+    Args:
+        tree (ACDHierarchy): an image hierarchy (:meth:`captum_rap.ACD.hierarchy`).
+        display (ndarray): the explained input as an (H, W, 3) image in [0, 1].
+        names (sequence of str): class names (the title names ``names[tree.target]``).
+        max_levels (int, optional): most levels drawn (evenly spaced). Default: 5
+
+    Returns:
+        matplotlib Figure (not attached to pyplot).
+
+    Examples::
+
+        >>> tree = ACD(model).hierarchy(x, target=281, sweep_dim=16)
+        >>> acd_figure(tree, image, categories).savefig("acd.png")
+    """
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    levels = [lev for lev in range(len(tree)) if tree.levels[lev]]
+    if len(levels) > max_levels:
+        pick = np.linspace(0, len(levels) - 1, max_levels).round().astype(int)
+        levels = [levels[i] for i in pick]
+    cols = 2 + len(levels)
+    fig = Figure(figsize=(2.3 * cols, 2.7))
+    axes = fig.subplots(1, cols, squeeze=False)[0]
+    axes[0].imshow(display)
+    axes[0].set_title("input", fontsize=9)
+    units = np.asarray(tree.unit_scores, dtype=float)
+    im = axes[1].imshow(units, cmap="viridis", interpolation="nearest")
+    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
+    axes[1].set_title(f"CD score of each {tree.sweep_dim}px block", fontsize=9)
+    cmap = colormaps["tab10"]
+    for a, lev in zip(axes[2:], levels):
+        a.imshow(display)
+        overlay = np.zeros(units.shape + (4,))
+        for k, g in enumerate(tree.groups(lev)):
+            overlay[g.mask] = cmap(k % 10)[:3] + (0.55,)
+            yy, xx = np.nonzero(g.mask)
+            a.text(xx.mean(), yy.mean(), f"{g.score:.1f}", ha="center", va="center", fontsize=7,
+                   color="black", bbox=dict(boxstyle="round,pad=0.1", fc="white", alpha=0.7, lw=0))
+        a.imshow(overlay, interpolation="nearest")
+        a.set_title(f"level {lev}: {len(tree.levels[lev])} group(s)", fontsize=9)
+    for a in axes:
+        a.set_xticks([])
+        a.set_yticks([])
+    fig.suptitle(f"ACD hierarchy for {names[tree.target]!r} (numbers: CD score of each group)", fontsize=9)
+    fig.tight_layout()
+    return fig

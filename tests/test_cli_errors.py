@@ -12,8 +12,11 @@ import types
 import numpy as np
 import pytest
 
-import captum_rap.__main__ as cli
-from captum_rap.__main__ import load_image, main
+import captum_rap.cli.common as cli
+from captum_rap.cli import demo as cli_demo
+from captum_rap.cli import explain as cli_explain
+from captum_rap.cli.loading import load_image
+from captum_rap.cli.main import main
 
 
 def _one_line_exit_2(capsys, argv, fragment):
@@ -30,9 +33,10 @@ def nothing_computed(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("computed before the arguments were checked")
 
-    monkeypatch.setattr(cli, "load_image", boom)
-    monkeypatch.setattr(cli, "load_model", boom)
-    monkeypatch.setattr(cli, "_demo_model", boom)
+    # where the commands look them up (captum_rap.cli.explain / .demo)
+    monkeypatch.setattr(cli_explain, "load_image", boom)
+    monkeypatch.setattr(cli_explain, "load_model", boom)
+    monkeypatch.setattr(cli_demo, "_demo_model", boom)
 
 
 def test_demo_out_must_be_a_writable_folder(tmp_path, capsys, nothing_computed):

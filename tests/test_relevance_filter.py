@@ -118,7 +118,7 @@ def test_preset_option_user_rules_and_conv():
     a = LRP(m, "epsilon_plus", relevance_filter=0.2).attribute(x, target=1)
     b = LRP(m, with_relevance_filter("epsilon_plus", {"top_k": 0.2})).attribute(x, target=1)
     assert torch.equal(a, b)
-    assert not get_composite("epsilon_plus").__class__ is FilteredComposite
+    assert get_composite("epsilon_plus").__class__ is not FilteredComposite
     assert get_composite("zplus", relevance_filter=0.1).linear_in_relevance is False
     assert get_composite("zplus").linear_in_relevance is True
     # a user rule is wrapped too; the same filter placed by hand gives the same map

@@ -39,6 +39,8 @@ def test_every_tutorial_is_tested_and_in_percent_format():
         text = open(os.path.join(TUTORIALS, name), encoding="utf-8").read()
         assert "format_name: percent" in text
         assert text.count("# %% [markdown]") >= 4 and re.search(r"^# %%$", text, re.M)
+        # the shared setup cell (backend, FAST, OUT, save) comes from tutorials/_common.py
+        assert re.search(r"^from _common import .*\bsave\b", text, re.M) and "def save(" not in text, name
     readme = open(os.path.join(TUTORIALS, "README.md"), encoding="utf-8").read()
     assert all(name in readme for name in found)
 
@@ -47,7 +49,11 @@ def test_every_tutorial_is_tested_and_in_percent_format():
 def test_tutorial_runs(name, tmp_path):
     _needs_demo_extra()
     figures, pattern = EXPECTED[name]
+    # PYTHONPATH: the tutorial imports this checkout's captum_rap (not another installed copy);
+    # it runs from tmp_path, and finds tutorials/_common.py in its own folder
+    pythonpath = os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     env = dict(os.environ, CAPTUM_RAP_FAST="1", CAPTUM_RAP_TUTORIAL_OUT=str(tmp_path), MPLBACKEND="Agg",
+               PYTHONPATH=pythonpath,
                # one thread per process: these are small models, and on a shared 2-core
                # machine a second thread mostly waits
                OMP_NUM_THREADS="1")

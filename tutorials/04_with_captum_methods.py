@@ -28,34 +28,15 @@
 # most relevant regions are removed.
 
 # %%
-import os
-import sys
 import time
 import warnings
 
-import matplotlib
 import numpy as np
 import torch
 from torch import nn
 
-if "ipykernel" not in sys.modules:
-    matplotlib.use("Agg")
+from _common import FAST, save  # backend, fast mode, output folder: tutorials/_common.py
 import matplotlib.pyplot as plt
-
-FAST = os.environ.get("CAPTUM_RAP_FAST", "0") == "1"
-HERE = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
-OUT = os.environ.get("CAPTUM_RAP_TUTORIAL_OUT", os.path.join(HERE, "_out"))
-os.makedirs(OUT, exist_ok=True)
-
-
-def save(fig, name: str) -> None:
-    """Write a figure to OUT (and keep it open in a notebook, where it is shown)."""
-    path = os.path.join(OUT, name)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    print("figure:", path)
-    if "ipykernel" not in sys.modules:
-        plt.close(fig)
-
 
 SIZE = 128 if FAST else 224
 IG_STEPS = 8 if FAST else 32

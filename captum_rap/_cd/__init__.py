@@ -5,7 +5,9 @@
                 -- the CD rules, each registered for the torch functions it decomposes;
 ``reference``   -- the two-part arithmetic of the reference ``acd`` package;
 ``local``, ``local_rules`` -- the local (boxed) computation of image masks;
-``agglomerate`` -- the ACD agglomeration procedures (images and token sequences).
+``agglomerate`` -- the ACD agglomeration procedures (images and token sequences);
+``hierarchy``   -- their result, ``ACDHierarchy`` / ``ACDGroup``, with its JSON export and
+                import; ``hierarchy_plot`` -- its matplotlib figures.
 
 Importing this package registers every rule.
 """

@@ -25,8 +25,8 @@ import socket
 import threading
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
 
+from captum_rap.insights.data import VisualizerData
 from captum_rap.insights.methods import RequestError
-from captum_rap.insights.visualizer import AttributionVisualizer
 
 __all__ = ["create_app", "start_server", "ServerHandle"]
 
@@ -35,7 +35,9 @@ _INT_RE = re.compile(r"^[0-9]{1,9}$")
 _LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 MAX_BODY_BYTES = 64 * 1024
 
-Views = Union[AttributionVisualizer, Mapping[str, AttributionVisualizer]]
+# the views are AttributionVisualizer objects; the server needs only their data side (and
+# does not import the visualizer, which imports this module to serve itself)
+Views = Union[VisualizerData, Mapping[str, VisualizerData]]
 
 
 class ClientGone(Exception):
@@ -64,7 +66,7 @@ class _WorkGate:
         self.waiting = 0
 
     @contextlib.contextmanager
-    def hold(self, vis: AttributionVisualizer, model: Any, environ: Mapping[str, Any]) -> Iterator[None]:
+    def hold(self, vis: VisualizerData, model: Any, environ: Mapping[str, Any]) -> Iterator[None]:
         lim = vis.limits
         if not vis.lock.acquire(blocking=False):
             with self._mutex:
@@ -98,8 +100,8 @@ class _WorkGate:
             vis.lock.release()
 
 
-def _as_views(views: Views) -> Dict[str, AttributionVisualizer]:
-    if isinstance(views, AttributionVisualizer):
+def _as_views(views: Views) -> Dict[str, VisualizerData]:
+    if isinstance(views, VisualizerData):
         return {"main": views}
     out = dict(views)
     if not out:
@@ -107,7 +109,7 @@ def _as_views(views: Views) -> Dict[str, AttributionVisualizer]:
     for k, v in out.items():
         if not isinstance(k, str) or not re.match(r"^[A-Za-z0-9_-]{1,40}$", k):
             raise ValueError(f"view names must be 1-40 letters, digits, '-' or '_', got {k!r}")
-        if not isinstance(v, AttributionVisualizer):
+        if not isinstance(v, VisualizerData):
             raise TypeError(f"view {k!r} is not an AttributionVisualizer")
     return out
 
@@ -236,14 +238,14 @@ def create_app(views: Views, local_only: bool = True):
                 raise RequestError(f"missing field {k!r}", field=k)
         return data
 
-    def view_of(name: Any) -> AttributionVisualizer:
+    def view_of(name: Any) -> VisualizerData:
         if name is None:
             return next(iter(vmap.values()))
         if not isinstance(name, str) or name not in vmap:
             raise RequestError(f"unknown view {str(name)[:60]!r}; views: {', '.join(vmap)}", field="view")
         return vmap[name]
 
-    def model_of(vis: AttributionVisualizer, value: Any) -> int:
+    def model_of(vis: VisualizerData, value: Any) -> int:
         if value is None:
             return 0
         if isinstance(value, str) and _INT_RE.match(value):
@@ -253,7 +255,7 @@ def create_app(views: Views, local_only: bool = True):
                                field="model")
         return value
 
-    def example_index(vis: AttributionVisualizer, value: Any, field: str) -> int:
+    def example_index(vis: VisualizerData, value: Any, field: str) -> int:
         n = len(vis.examples)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n:
             raise RequestError(f"'{field}' must hold example indices in [0, {n - 1}], got {str(value)[:60]!r}",
