@@ -24,6 +24,7 @@ import datetime
 import errno
 import html
 import importlib
+import math
 import os
 import platform
 import re
@@ -41,6 +42,7 @@ DEMO_OUT = "captum_rap_demo"
 LITE0 = "efficientnet-lite0"
 METHODS = ("rap", "lrp", "clrp1", "clrp2", "sglrp", "acd")
 DEFAULT_LRP_PRESET = "epsilon_gamma_box"
+DEFAULT_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OUTPUT_KINDS = (".png", ".npy", ".pt", ".json")
@@ -138,6 +140,9 @@ class Explained:
         low, high: bounds of the network input (floats or (1, 3, 1, 1) tensors) for the
             z^B rule of the box presets, CLRP and SGLRP.
         names: class names (ImageNet names for 1000 outputs, else ``class N``).
+        image_size: the one input size the model accepts (its ``image_size`` attribute,
+            e.g. torchvision's ViT), or None.
+        probe_size: an input size the model was seen to run at when it was loaded, or None.
     """
 
     model: Any
@@ -147,6 +152,8 @@ class Explained:
     low: Any
     high: Any
     names: List[str] = field(default_factory=list)
+    image_size: Optional[int] = None
+    probe_size: Optional[int] = None
 
 
 def _lite0_funcs() -> Tuple[Callable, Callable]:
@@ -232,6 +239,45 @@ def _last_linear_name(model) -> Optional[str]:
     return name
 
 
+def _fixed_image_size(model) -> Optional[int]:
+    """The one input size of a model that declares it (torchvision's ``VisionTransformer``
+    has an int ``image_size`` attribute and asserts it in ``forward``), else None."""
+    size = getattr(model, "image_size", None)
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+
+
+def _vit_size_from_weights(model, sd: Dict[str, Any]) -> Optional[int]:
+    """The image size a torchvision ViT state_dict was trained at (from the length of its
+    position embedding: ``(size / patch)^2`` patches plus the class token), if it differs
+    from ``model``'s; else None."""
+    import torch
+
+    size, patch = _fixed_image_size(model), getattr(model, "patch_size", None)
+    pos = sd.get("encoder.pos_embedding")
+    if size is None or not isinstance(patch, int) or not isinstance(pos, torch.Tensor) or pos.dim() != 3:
+        return None
+    side = math.isqrt(max(int(pos.shape[1]) - 1, 0))
+    if side < 1 or side * side != int(pos.shape[1]) - 1 or side * patch == size:
+        return None
+    return side * patch
+
+
+def _probe(model, sizes: Sequence[int]) -> Tuple[Optional[int], Optional[int]]:
+    """``(number of outputs, size)`` of the first square size in ``sizes`` the model runs
+    at (a zero image), or ``(None, None)``."""
+    import torch
+
+    for size in sizes:
+        try:
+            with torch.no_grad():
+                out = model(torch.zeros(1, 3, size, size))
+        except (RuntimeError, AssertionError, ValueError):  # e.g. ViT asserts its image_size
+            continue
+        if isinstance(out, torch.Tensor) and out.dim() == 2:
+            return int(out.shape[1]), size
+    return None, None
+
+
 def load_model(spec: str, weights: Optional[str] = None) -> Explained:
     """Build the model named by ``spec`` (``efficientnet-lite0`` or ``torchvision:NAME``).
 
@@ -276,30 +322,46 @@ def load_model(spec: str, weights: Optional[str] = None) -> Explained:
         if name not in available:
             raise CLIError(f"unknown torchvision classification model {name!r}; choose one of: "
                            + ", ".join(available))
-        with warnings.catch_warnings():  # e.g. inception_v3's note on its weight initialisation
-            warnings.simplefilter("ignore", FutureWarning)
-            model = torchvision.models.get_model(name, weights=None)
+        def build(**kw):
+            with warnings.catch_warnings():  # e.g. inception_v3's note on its weight initialisation
+                warnings.simplefilter("ignore", FutureWarning)
+                return torchvision.models.get_model(name, weights=None, **kw)
+
+        model = build()
         if weights is None:
             print(f"warning: torchvision:{name} runs with RANDOM weights (no --weights FILE given); "
                   "its explanation shows an untrained network", file=sys.stderr)
             what = f"torchvision {name} (random weights)"
         else:
             sd = _read_state_dict(weights)
+            kw: Dict[str, Any] = {}
             last = _last_linear_name(model)
             if last is not None and f"{last}.weight" in sd:
                 classes = int(sd[f"{last}.weight"].shape[0])
                 if classes != model.get_submodule(last).out_features:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", FutureWarning)
-                        model = torchvision.models.get_model(name, weights=None, num_classes=classes)
+                    kw["num_classes"] = classes
+            vit_size = _vit_size_from_weights(model, sd)  # e.g. ViT-H/14 SWAG weights: 518 px
+            if vit_size is not None:
+                kw["image_size"] = vit_size
+            if kw:
+                model = build(**kw)
             _load_state_dict(model, sd, weights)
             what = f"torchvision {name} (weights {weights})"
         model = model.eval()
-        with torch.no_grad():
-            n = int(model(torch.zeros(1, 3, 64, 64)).shape[1]) if name != "inception_v3" else 1000
+        fixed = _fixed_image_size(model)
+        if name == "inception_v3" and weights is None:
+            n, probe = 1000, None  # needs >= 75 px; 1000 classes without a weights file
+        else:
+            # the number of classes; a model with a fixed image size runs only at it, others
+            # are tried small first (MaxViT runs only at 224 px, Swin at any size)
+            n, probe = _probe(model, [fixed] if fixed else [64, 224])
+            if n is None:
+                tried = f"{fixed}x{fixed}" if fixed else "64x64 or 224x224"
+                raise CLIError(f"torchvision:{name} does not run on a {tried} input") from None
         low = ((0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)).view(1, 3, 1, 1)
         high = ((1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)).view(1, 3, 1, 1)
-        return Explained(model, what, imagenet_preprocess, _imagenet_unnormalize, low, high, _class_names(n))
+        return Explained(model, what, imagenet_preprocess, _imagenet_unnormalize, low, high, _class_names(n),
+                         image_size=fixed, probe_size=probe)
     raise CLIError(f"unknown model {spec!r}; use {LITE0} or torchvision:NAME (e.g. torchvision:resnet18)")
 
 
@@ -567,6 +629,17 @@ def _prepare_output_folder(path: str) -> None:
         raise CLIError(f"cannot write to the folder {path}: {exc.strerror or exc}") from None
 
 
+def _check_acd_args(args: argparse.Namespace, size: Optional[int]) -> None:
+    """The ACD options (the block size against ``size`` unless it is None)."""
+    if size is not None and not 0 <= args.acd_sweep < size:
+        raise CLIError(f"--acd-sweep must be a block size in 1..{size - 1} pixels (0: size // 7), got "
+                       f"{args.acd_sweep}")
+    if not 1 <= args.acd_iters <= 100:
+        raise CLIError(f"--acd-iters must be in 1..100, got {args.acd_iters}")
+    if not 15 <= args.acd_percentile <= 100:  # False for NaN
+        raise CLIError(f"--acd-percentile must be in [15, 100], got {args.acd_percentile}")
+
+
 def run_explain(args: argparse.Namespace) -> int:
     """``captum-rap explain``: validate everything, explain one image, write ``--out``."""
     import torch
@@ -579,30 +652,34 @@ def run_explain(args: argparse.Namespace) -> int:
         raise CLIError(f"--out must end in .png, .npy, .pt or (acd) .json, got {args.out!r}")
     if ext == ".json" and method != "acd":
         raise CLIError("a .json output is the ACD hierarchy; use --method acd (or .png/.npy/.pt)")
-    if not 16 <= args.size <= 1024:
+    if args.size is not None and not 16 <= args.size <= 1024:
         raise CLIError(f"--size must be between 16 and 1024 pixels, got {args.size}")
-    if method == "acd":
-        if not 0 <= args.acd_sweep < args.size:
-            raise CLIError(f"--acd-sweep must be a block size in 1..{args.size - 1} pixels (0: size // 7), got "
-                           f"{args.acd_sweep}")
-        if not 1 <= args.acd_iters <= 100:
-            raise CLIError(f"--acd-iters must be in 1..100, got {args.acd_iters}")
-        if not 15 <= args.acd_percentile <= 100:  # False for NaN
-            raise CLIError(f"--acd-percentile must be in [15, 100], got {args.acd_percentile}")
+    if method == "acd":  # the size is known before loading unless a weights file may set it (ViT)
+        _check_acd_args(args, args.size if args.size is not None else None if args.weights else DEFAULT_SIZE)
     _check_output_file(args.out)
     image, image_desc = load_image(args.image)
     ex = load_model(args.model, args.weights)
-    x = ex.preprocess(image, args.size)
+    size = args.size if args.size is not None else (ex.image_size or DEFAULT_SIZE)
+    if ex.image_size is not None and size != ex.image_size:
+        raise CLIError(f"{args.model} takes {ex.image_size}x{ex.image_size} inputs only (its image_size), got "
+                       f"--size {size}; use --size {ex.image_size} or leave --size out")
+    if method == "acd":
+        _check_acd_args(args, size)
+    x = ex.preprocess(image, size)
     try:
         with torch.no_grad():
             logits = ex.model(x)
-    except RuntimeError as exc:  # e.g. an input too small for the model's pooling
+    except (RuntimeError, AssertionError, ValueError) as exc:  # e.g. an input too small for the pooling
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CLIError(f"{args.model} cannot run on a {args.size}x{args.size} input (try a larger --size): "
-                       f"{first[:200]}") from None
+        hint = (f"it runs at {ex.probe_size}x{ex.probe_size}: try --size {ex.probe_size}"
+                if ex.probe_size and ex.probe_size != size else "try a larger --size")
+        raise CLIError(f"{args.model} cannot run on a {size}x{size} input ({hint}): {first[:200]}") from None
     probs = logits.softmax(1)[0]
     top = probs.topk(min(5, probs.numel()))
-    print(f"model: {ex.description}; image: {image_desc} at {args.size}x{args.size}")
+    print(f"model: {ex.description}; image: {image_desc} at {size}x{size}")
+    if bool((logits == logits[0, 0]).all()):
+        print("warning: all outputs of the model are equal (e.g. torchvision initialises a ViT's head to "
+              "zero): every map of it is zero", file=sys.stderr)
     print("prediction: " + ", ".join(f"{ex.names[int(i)]} ({int(i)}) {float(p):.3f}"
                                    for p, i in zip(top.values, top.indices)))
     target = resolve_target(args.target, logits, ex.names)
@@ -998,7 +1075,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--model", default=LITE0, help=f"{LITE0} (default) or torchvision:NAME")
     ex.add_argument("--weights", default=None, help="state_dict file (torch.load(..., weights_only=True))")
     ex.add_argument("--target", default="pred", help='pred (default), a class index or a class name ("tabby")')
-    ex.add_argument("--size", type=int, default=224, help="input size in pixels (default 224)")
+    ex.add_argument("--size", type=int, default=None,
+                    help=f"input size in pixels (default: the model's own image size if it has one, as "
+                         f"torchvision's ViT, else {DEFAULT_SIZE})")
     ex.add_argument("--out", required=True, help="FILE.png (figure), .npy / .pt (raw map) or .json (ACD tree)")
     ex.add_argument("--acd-sweep", type=int, default=0, help="ACD block size in px (default size // 7)")
     ex.add_argument("--acd-iters", type=int, default=3, help="ACD growth steps (default 3)")
