@@ -66,8 +66,10 @@ def test_propagation_maps_equal_direct_calls(vis, args, reference):
     method = "RAP" if args == "RAP" or "operations" in args else "LRP"
     res = vis.attribute(0, method, {} if args == "RAP" else args, [1, 2])
     if method == "LRP":  # the view's epsilon (one default for every preset) is echoed and used
-        eps = res["args"]["epsilon"]
-        reference = (lambda m, p=args["preset"]: LRP(m, p, epsilon=eps))
+        eps, preset = res["args"]["epsilon"], args["preset"]
+
+        def reference(m):
+            return LRP(m, preset, epsilon=eps)
     for r in res["results"]:
         x, label = _model_input(r["index"])
         assert r["target"] == label  # use_label_for_attr
