@@ -1,5 +1,6 @@
 """The one-command benchmark scripts still run (tiny settings; timings are not checked)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,30 @@ def test_bench_cd_quick_and_pretrained_counts_run():
                           "--threads", "1"], capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "| 32 / 8 | chelsea |" in res.stdout, res.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_bench_quality_vit_quick_runs_every_method(tmp_path):
+    pytest.importorskip("torchvision")
+    out = tmp_path / "q.md"
+    # this checkout's captum_rap, whatever is installed
+    path = os.pathsep.join(p for p in (str(BENCH.parent), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, str(BENCH / "bench_quality_vit.py"), "--quick", "--threads", "1",
+                          "--out", str(out)], capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode in (0, 1), res.stderr[-2000:]  # 1: random not worst on MoRF (few images)
+    table = out.read_text()
+    assert "time / fwd+bwd" in table and "pointing (mass)" in table and "Σ map / logit" in table
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith("| method")}
+    for name in ("LRP attnlrp", "LRP cp_lrp", "RAP (signed)", "RAP (positive part)", "Captum Saliency (abs)",
+                 "Captum InputXGradient", "random (seeded)"):
+        assert name in rows, (name, list(rows))
+    assert any(k.startswith("Captum IntegratedGradients") for k in rows)
+    # column 3 is MoRF - LeRF: AttnLRP ranks the pixels far better than noise even on 16 images
+    diff = {k: float(v[3]) for k, v in rows.items()}
+    assert diff["LRP attnlrp"] > diff["random (seeded)"] + 0.5, diff
+    # every method except the random map has a time in units of a forward+backward, and the
+    # pointing game found composites the model recognises (pointing mass in [0, 1])
+    assert all(v[-2].strip() != "nan" for k, v in rows.items() if not k.startswith("random")), rows
+    assert all(0.0 <= float(v[-4]) <= 1.0 for v in rows.values()), rows

@@ -278,6 +278,119 @@ def test_parse_method_and_resolve_target():
             resolve_target(bad, logits, names)
 
 
+# ----------------------------------------------------------------------------- fixed-size models
+def _small_vit(image_size=32, head_init=True, **kw):
+    """A torchvision ``VisionTransformer`` small enough for a unit test (the class of
+    ``vit_b_16``), seeded; torchvision initialises the head to zero: optionally random."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=image_size, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16,
+                              mlp_dim=32, num_classes=kw.get("num_classes", 1000))
+    if head_init:
+        torch.nn.init.normal_(model.heads.head.weight, std=0.5)
+    return model
+
+
+@pytest.fixture()
+def small_vit_b_16(monkeypatch):
+    """``torchvision:vit_b_16`` as the CLI builds it (``torchvision.models.get_model``), but a
+    one-layer 32 px ViT of the same class; ``image_size=`` and ``num_classes=`` work as for
+    torchvision's builder.  Returns the calls' keyword arguments."""
+    real = torchvision.models.get_model
+    calls = []
+
+    def get_model(name, **kw):
+        if name != "vit_b_16":
+            return real(name, **kw)
+        calls.append(kw)
+        return _small_vit(kw.get("image_size", 32), **{k: v for k, v in kw.items() if k == "num_classes"})
+
+    monkeypatch.setattr(torchvision.models, "get_model", get_model)
+    return calls
+
+
+def _one_line_error(capsys, argv, fragment):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("warning: ")]
+    assert len(lines) == 1 and fragment in lines[0], err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_explain_vit_uses_its_image_size(tmp_path, capsys, small_vit_b_16):
+    out = tmp_path / "attn.npy"
+    # no --size: the model's own image_size (32 here), not 224
+    assert main(["explain", "skimage:chelsea", "--model", "torchvision:vit_b_16", "--method", "lrp:attnlrp",
+                 "--out", str(out)]) == 0
+    assert "at 32x32" in capsys.readouterr().out
+    model = _small_vit(32).eval()
+    x = imagenet_preprocess(np.asarray(__import__("skimage").data.chelsea()), 32)
+    with torch.no_grad():
+        pred = int(model(x).argmax())
+    want = LRP(model, "attnlrp").attribute(x, target=pred).detach().numpy()
+    got = np.load(out)
+    assert got.shape == (1, 3, 32, 32) and np.abs(got).max() > 0
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7 * np.abs(want).max())
+    # an explicit matching size runs too (RAP, .pt)
+    assert main(["explain", "skimage:chelsea", "--model", "torchvision:vit_b_16", "--size", "32",
+                 "--out", str(tmp_path / "rap.pt")]) == 0
+    np.testing.assert_allclose(torch.load(tmp_path / "rap.pt").numpy(),
+                               RAP(model).attribute(x, target=pred).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_explain_vit_wrong_size_is_one_line_exit_2(tmp_path, capsys, small_vit_b_16):
+    line = _one_line_error(capsys, ["explain", "skimage:chelsea", "--model", "torchvision:vit_b_16", "--size", "64",
+                                    "--out", str(tmp_path / "x.png")], "takes 32x32 inputs only")
+    assert "--size 32" in line
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_explain_vit_weights_set_the_image_size(tmp_path, capsys, small_vit_b_16):
+    # a ViT state_dict trained at 48 px with 10 classes: the CLI builds the model to fit it
+    trained = _small_vit(48, num_classes=10).eval()
+    with torch.no_grad():
+        trained.encoder.pos_embedding.normal_()
+    wpath = tmp_path / "vit48.pt"
+    torch.save(trained.state_dict(), wpath)
+    out = tmp_path / "m.npy"
+    assert main(["explain", "skimage:chelsea", "--model", "torchvision:vit_b_16", "--weights", str(wpath),
+                 "--method", "lrp:cp_lrp", "--out", str(out)]) == 0
+    assert small_vit_b_16[-1] == {"weights": None, "num_classes": 10, "image_size": 48}
+    assert "at 48x48" in capsys.readouterr().out
+    x = imagenet_preprocess(np.asarray(__import__("skimage").data.chelsea()), 48)
+    with torch.no_grad():
+        pred = int(trained(x).argmax())
+    want = LRP(trained, "cp_lrp").attribute(x, target=pred).detach().numpy()
+    np.testing.assert_allclose(np.load(out), want, rtol=1e-5, atol=1e-7 * np.abs(want).max())
+    _one_line_error(capsys, ["explain", "skimage:chelsea", "--model", "torchvision:vit_b_16", "--weights", str(wpath),
+                             "--size", "32", "--out", str(tmp_path / "y.npy")], "takes 48x48 inputs only")
+
+
+def test_explain_vit_zero_head_warns_that_maps_are_zero(tmp_path, capsys, monkeypatch):
+    real = torchvision.models.get_model
+    monkeypatch.setattr(torchvision.models, "get_model",
+                        lambda name, **kw: _small_vit(32, head_init=False) if name == "vit_b_16" else real(name, **kw))
+    out = tmp_path / "z.npy"
+    assert main(["explain", "skimage:chelsea", "--model", "torchvision:vit_b_16", "--method", "lrp:attnlrp",
+                 "--out", str(out)]) == 0
+    assert "all outputs of the model are equal" in capsys.readouterr().err
+    assert not np.load(out).any()
+
+
+@pytest.mark.parametrize("model, size, fragment", [
+    # torchvision's real ViT: asserts its image size (224) in forward
+    ("torchvision:vit_b_16", "64", "takes 224x224 inputs only (its image_size), got --size 64; use --size 224"),
+    # MaxViT runs only at 224 px: the probe falls back to it and the error says so
+    ("torchvision:maxvit_t", "64", "cannot run on a 64x64 input (it runs at 224x224: try --size 224)"),
+])
+def test_explain_real_fixed_size_models_exit_2(tmp_path, capsys, model, size, fragment):
+    _one_line_error(capsys, ["explain", "skimage:chelsea", "--model", model, "--size", size, "--out",
+                             str(tmp_path / "x.png")], fragment)
+    assert not (tmp_path / "x.png").exists()
+
+
 # ----------------------------------------------------------------------------- insights
 def _stub_demo(monkeypatch, with_function: bool = True):
     calls = []

@@ -14,6 +14,7 @@ DEMO_OUT = "captum_rap_demo"
 LITE0 = "efficientnet-lite0"
 METHODS = ("rap", "lrp", "clrp1", "clrp2", "sglrp", "acd")
 DEFAULT_LRP_PRESET = "epsilon_gamma_box"
+DEFAULT_SIZE = 224
 OUTPUT_KINDS = (".png", ".npy", ".pt", ".json")
 
 

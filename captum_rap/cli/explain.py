@@ -12,7 +12,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from .common import OUTPUT_KINDS, CLIError, _box_for, _use_agg, parse_method, resolve_target
+from .common import DEFAULT_SIZE, OUTPUT_KINDS, CLIError, _box_for, _use_agg, parse_method, resolve_target
 from .loading import Explained, load_image, load_model
 
 
@@ -53,6 +53,17 @@ def _check_output_file(path: str) -> None:
         raise CLIError(f"cannot write {path}: permission denied")
 
 
+def _check_acd_args(args: argparse.Namespace, size: Optional[int]) -> None:
+    """The ACD options (the block size against ``size`` unless it is None)."""
+    if size is not None and not 0 <= args.acd_sweep < size:
+        raise CLIError(f"--acd-sweep must be a block size in 1..{size - 1} pixels (0: size // 7), got "
+                       f"{args.acd_sweep}")
+    if not 1 <= args.acd_iters <= 100:
+        raise CLIError(f"--acd-iters must be in 1..100, got {args.acd_iters}")
+    if not 15 <= args.acd_percentile <= 100:  # False for NaN
+        raise CLIError(f"--acd-percentile must be in [15, 100], got {args.acd_percentile}")
+
+
 def run_explain(args: argparse.Namespace) -> int:
     """``captum-rap explain``: validate everything, explain one image, write ``--out``."""
     import torch
@@ -65,30 +76,34 @@ def run_explain(args: argparse.Namespace) -> int:
         raise CLIError(f"--out must end in .png, .npy, .pt or (acd) .json, got {args.out!r}")
     if ext == ".json" and method != "acd":
         raise CLIError("a .json output is the ACD hierarchy; use --method acd (or .png/.npy/.pt)")
-    if not 16 <= args.size <= 1024:
+    if args.size is not None and not 16 <= args.size <= 1024:
         raise CLIError(f"--size must be between 16 and 1024 pixels, got {args.size}")
-    if method == "acd":
-        if not 0 <= args.acd_sweep < args.size:
-            raise CLIError(f"--acd-sweep must be a block size in 1..{args.size - 1} pixels (0: size // 7), got "
-                           f"{args.acd_sweep}")
-        if not 1 <= args.acd_iters <= 100:
-            raise CLIError(f"--acd-iters must be in 1..100, got {args.acd_iters}")
-        if not 15 <= args.acd_percentile <= 100:  # False for NaN
-            raise CLIError(f"--acd-percentile must be in [15, 100], got {args.acd_percentile}")
+    if method == "acd":  # the size is known before loading unless a weights file may set it (ViT)
+        _check_acd_args(args, args.size if args.size is not None else None if args.weights else DEFAULT_SIZE)
     _check_output_file(args.out)
     image, image_desc = load_image(args.image)
     ex = load_model(args.model, args.weights)
-    x = ex.preprocess(image, args.size)
+    size = args.size if args.size is not None else (ex.image_size or DEFAULT_SIZE)
+    if ex.image_size is not None and size != ex.image_size:
+        raise CLIError(f"{args.model} takes {ex.image_size}x{ex.image_size} inputs only (its image_size), got "
+                       f"--size {size}; use --size {ex.image_size} or leave --size out")
+    if method == "acd":
+        _check_acd_args(args, size)
+    x = ex.preprocess(image, size)
     try:
         with torch.no_grad():
             logits = ex.model(x)
-    except RuntimeError as exc:  # e.g. an input too small for the model's pooling
+    except (RuntimeError, AssertionError, ValueError) as exc:  # e.g. an input too small for the pooling
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CLIError(f"{args.model} cannot run on a {args.size}x{args.size} input (try a larger --size): "
-                       f"{first[:200]}") from None
+        hint = (f"it runs at {ex.probe_size}x{ex.probe_size}: try --size {ex.probe_size}"
+                if ex.probe_size and ex.probe_size != size else "try a larger --size")
+        raise CLIError(f"{args.model} cannot run on a {size}x{size} input ({hint}): {first[:200]}") from None
     probs = logits.softmax(1)[0]
     top = probs.topk(min(5, probs.numel()))
-    print(f"model: {ex.description}; image: {image_desc} at {args.size}x{args.size}")
+    print(f"model: {ex.description}; image: {image_desc} at {size}x{size}")
+    if bool((logits == logits[0, 0]).all()):
+        print("warning: all outputs of the model are equal (e.g. torchvision initialises a ViT's head to "
+              "zero): every map of it is zero", file=sys.stderr)
     print("prediction: " + ", ".join(f"{ex.names[int(i)]} ({int(i)}) {float(p):.3f}"
                                    for p, i in zip(top.values, top.indices)))
     target = resolve_target(args.target, logits, ex.names)

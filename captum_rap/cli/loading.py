@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -28,6 +29,9 @@ class Explained:
         low, high: bounds of the network input (floats or (1, 3, 1, 1) tensors) for the
             z^B rule of the box presets, CLRP and SGLRP.
         names: class names (ImageNet names for 1000 outputs, else ``class N``).
+        image_size: the one input size the model accepts (its ``image_size`` attribute,
+            e.g. torchvision's ViT), or None.
+        probe_size: an input size the model was seen to run at when it was loaded, or None.
     """
 
     model: Any
@@ -37,6 +41,8 @@ class Explained:
     low: Any
     high: Any
     names: List[str] = field(default_factory=list)
+    image_size: Optional[int] = None
+    probe_size: Optional[int] = None
 
 
 def _lite0_funcs() -> Tuple[Callable, Callable]:
@@ -105,6 +111,45 @@ def _last_linear_name(model) -> Optional[str]:
     return name
 
 
+def _fixed_image_size(model) -> Optional[int]:
+    """The one input size of a model that declares it (torchvision's ``VisionTransformer``
+    has an int ``image_size`` attribute and asserts it in ``forward``), else None."""
+    size = getattr(model, "image_size", None)
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+
+
+def _vit_size_from_weights(model, sd: Dict[str, Any]) -> Optional[int]:
+    """The image size a torchvision ViT state_dict was trained at (from the length of its
+    position embedding: ``(size / patch)^2`` patches plus the class token), if it differs
+    from ``model``'s; else None."""
+    import torch
+
+    size, patch = _fixed_image_size(model), getattr(model, "patch_size", None)
+    pos = sd.get("encoder.pos_embedding")
+    if size is None or not isinstance(patch, int) or not isinstance(pos, torch.Tensor) or pos.dim() != 3:
+        return None
+    side = math.isqrt(max(int(pos.shape[1]) - 1, 0))
+    if side < 1 or side * side != int(pos.shape[1]) - 1 or side * patch == size:
+        return None
+    return side * patch
+
+
+def _probe(model, sizes: Sequence[int]) -> Tuple[Optional[int], Optional[int]]:
+    """``(number of outputs, size)`` of the first square size in ``sizes`` the model runs
+    at (a zero image), or ``(None, None)``."""
+    import torch
+
+    for size in sizes:
+        try:
+            with torch.no_grad():
+                out = model(torch.zeros(1, 3, size, size))
+        except (RuntimeError, AssertionError, ValueError):  # e.g. ViT asserts its image_size
+            continue
+        if isinstance(out, torch.Tensor) and out.dim() == 2:
+            return int(out.shape[1]), size
+    return None, None
+
+
 def load_model(spec: str, weights: Optional[str] = None) -> Explained:
     """Build the model named by ``spec`` (``efficientnet-lite0`` or ``torchvision:NAME``).
 
@@ -149,30 +194,46 @@ def load_model(spec: str, weights: Optional[str] = None) -> Explained:
         if name not in available:
             raise CLIError(f"unknown torchvision classification model {name!r}; choose one of: "
                            + ", ".join(available))
-        with warnings.catch_warnings():  # e.g. inception_v3's note on its weight initialisation
-            warnings.simplefilter("ignore", FutureWarning)
-            model = torchvision.models.get_model(name, weights=None)
+        def build(**kw):
+            with warnings.catch_warnings():  # e.g. inception_v3's note on its weight initialisation
+                warnings.simplefilter("ignore", FutureWarning)
+                return torchvision.models.get_model(name, weights=None, **kw)
+
+        model = build()
         if weights is None:
             print(f"warning: torchvision:{name} runs with RANDOM weights (no --weights FILE given); "
                   "its explanation shows an untrained network", file=sys.stderr)
             what = f"torchvision {name} (random weights)"
         else:
             sd = _read_state_dict(weights)
+            kw: Dict[str, Any] = {}
             last = _last_linear_name(model)
             if last is not None and f"{last}.weight" in sd:
                 classes = int(sd[f"{last}.weight"].shape[0])
                 if classes != model.get_submodule(last).out_features:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", FutureWarning)
-                        model = torchvision.models.get_model(name, weights=None, num_classes=classes)
+                    kw["num_classes"] = classes
+            vit_size = _vit_size_from_weights(model, sd)  # e.g. ViT-H/14 SWAG weights: 518 px
+            if vit_size is not None:
+                kw["image_size"] = vit_size
+            if kw:
+                model = build(**kw)
             _load_state_dict(model, sd, weights)
             what = f"torchvision {name} (weights {weights})"
         model = model.eval()
-        with torch.no_grad():
-            n = int(model(torch.zeros(1, 3, 64, 64)).shape[1]) if name != "inception_v3" else 1000
+        fixed = _fixed_image_size(model)
+        if name == "inception_v3" and weights is None:
+            n, probe = 1000, None  # needs >= 75 px; 1000 classes without a weights file
+        else:
+            # the number of classes; a model with a fixed image size runs only at it, others
+            # are tried small first (MaxViT runs only at 224 px, Swin at any size)
+            n, probe = _probe(model, [fixed] if fixed else [64, 224])
+            if n is None:
+                tried = f"{fixed}x{fixed}" if fixed else "64x64 or 224x224"
+                raise CLIError(f"torchvision:{name} does not run on a {tried} input") from None
         low = ((0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)).view(1, 3, 1, 1)
         high = ((1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)).view(1, 3, 1, 1)
-        return Explained(model, what, imagenet_preprocess, _imagenet_unnormalize, low, high, _class_names(n))
+        return Explained(model, what, imagenet_preprocess, _imagenet_unnormalize, low, high, _class_names(n),
+                         image_size=fixed, probe_size=probe)
     raise CLIError(f"unknown model {spec!r}; use {LITE0} or torchvision:NAME (e.g. torchvision:resnet18)")
 
 # ----------------------------------------------------------------------------- images

