@@ -103,7 +103,7 @@ def test_conservation_and_batch_equals_single(arch, preset):
     total = attr.reshape(4, -1).sum(1)
     err = ((total - want).abs() / want.abs()).max()
     assert float(err) < 1e-6, (total.tolist(), want.tolist())
-    assert torch.allclose(delta, total - want, rtol=0, atol=1e-9 * float(want.abs().max()))
+    assert torch.allclose(delta, want - total, rtol=0, atol=1e-9 * float(want.abs().max()))
     # batch of 4 == 4 single calls (one preset per architecture is enough for the big ones)
     if preset == ARCHS[arch][2][0] or arch in ("zoo2d", "zoo13d", "resnet18"):
         single = torch.cat([lrp.attribute(x[i:i + 1], target=targets[i]) for i in range(4)])

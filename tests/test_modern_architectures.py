@@ -163,7 +163,7 @@ def test_conservation_on_bias_free_float64_copies(family):
         mass = attr.abs().reshape(2, -1).sum(1)
         tol = torch.maximum(1e-6 * want.abs(), 1e-10 * mass)
         assert bool(((total - want).abs() <= tol).all()), (name, total.tolist(), want.tolist(), mass.tolist())
-        assert torch.allclose(delta, total - want, rtol=0, atol=1e-9 * float(want.abs().max()) + 1e-10 * float(mass.max())), name
+        assert torch.allclose(delta, want - total, rtol=0, atol=1e-9 * float(want.abs().max()) + 1e-10 * float(mass.max())), name
         if bool((mass < 1e4 * want.abs()).all()):
             conditioned.append(name)
     assert ("cp_lrp" if FAMILIES[family][3] else "epsilon_gamma_box") in conditioned, conditioned
