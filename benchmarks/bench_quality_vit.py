@@ -211,7 +211,8 @@ def main(argv=None) -> int:
         args.repeat = 1
         args.ig_steps = min(args.ig_steps, 4)
     out_md = args.out or (None if args.quick else os.path.join(HERE, "RESULTS_quality_vit.md"))
-    out_png = None if args.no_png else args.png or (None if args.quick else os.path.join(HERE, "quality_curves_vit.png"))
+    default_png = None if args.quick else os.path.join(HERE, "quality_curves_vit.png")
+    out_png = None if args.no_png else args.png or default_png
 
     t_start = time.perf_counter()
     cpu_start = time.process_time()
