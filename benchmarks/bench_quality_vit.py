@@ -211,7 +211,8 @@ def main(argv=None) -> int:
         args.repeat = 1
         args.ig_steps = min(args.ig_steps, 4)
     out_md = args.out or (None if args.quick else os.path.join(HERE, "RESULTS_quality_vit.md"))
-    out_png = None if args.no_png else args.png or (None if args.quick else os.path.join(HERE, "quality_curves_vit.png"))
+    default_png = None if args.quick else os.path.join(HERE, "quality_curves_vit.png")
+    out_png = None if args.no_png else args.png or default_png
 
     t_start = time.perf_counter()
     cpu_start = time.process_time()
@@ -387,10 +388,10 @@ def main(argv=None) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-        cmap = plt.get_cmap("tab10")
+        fig, axes = plt.subplots(1, 2, figsize=(14, 4.4), sharey=True)
+        cmap = plt.get_cmap("tab20")
         for i, (name, c) in enumerate(curves.items()):
-            style = dict(color="k", ls="--") if name.startswith("random") else dict(color=cmap(i % 10))
+            style = dict(color="k", ls="--") if name.startswith("random") else dict(color=cmap(i % 20))
             for ax, key in zip(axes, ("morf", "lerf")):
                 ax.plot(100 * fraction, c[key], label=name, lw=1.4, **style)
         for ax, title in zip(axes, ("MoRF (most relevant first)", "LeRF (least relevant first)")):
@@ -398,7 +399,7 @@ def main(argv=None) -> int:
             ax.set_xlabel("% of the image replaced")
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("mean target logit")
-        axes[1].legend(fontsize=7, loc="lower left")
+        axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         fig.tight_layout()
         fig.savefig(out_png, dpi=80)
         print("wrote", out_png, os.path.getsize(out_png), "bytes")
