@@ -1,7 +1,7 @@
 """Run by tests/test_datasets.py as a plain process or under torchrun: attribute (and
 evaluate) a few dozen Fashion-MNIST test images with a seeded tiny CNN.
 
-Usage: python _datasets_worker.py OUT [--method rap|lrp|cd] [--n N] [--shard-size S]
+Usage: python _datasets_worker.py OUT [--method rap|lrp|cd] [--images N] [--shard-size S]
 [--batch-size B] [--evaluate] [--slow SECONDS] [--format F]
 """
 
@@ -30,18 +30,25 @@ def tiny_cnn() -> nn.Module:
     return m.eval()
 
 
-class Images(torch.utils.data.Dataset):
-    """Fashion-MNIST test images (preprocessed) with labels; ``slow`` seconds per item."""
+class Crash(BaseException):
+    """Not an Exception: stops a run as Ctrl-C would (never a skipped item)."""
 
-    def __init__(self, n: int, slow: float = 0.0) -> None:
+
+class Images(torch.utils.data.Dataset):
+    """Fashion-MNIST test images (preprocessed) with labels; ``slow`` seconds per item;
+    reading item ``crash_at`` or later raises :class:`Crash`."""
+
+    def __init__(self, n: int, slow: float = 0.0, crash_at=None) -> None:
         imgs, labels = fashion_mnist_test_subset()
-        self.x, self.y, self.slow = fmnist_preprocess(imgs[:n]), labels[:n], slow
+        self.x, self.y, self.slow, self.crash_at = fmnist_preprocess(imgs[:n]), labels[:n], slow, crash_at
         self.reads = 0
 
     def __len__(self) -> int:
         return len(self.x)
 
     def __getitem__(self, i):
+        if self.crash_at is not None and i >= self.crash_at:
+            raise Crash(i)
         self.reads += 1
         if self.slow:
             time.sleep(self.slow)
@@ -63,7 +70,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out")
     p.add_argument("--method", default="rap")
-    p.add_argument("--n", type=int, default=36)
+    p.add_argument("--images", type=int, default=36)
     p.add_argument("--shard-size", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--format", default="auto")
@@ -73,7 +80,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model = tiny_cnn()
     m, kw = method(a.method, model)
-    ds = Images(a.n, a.slow)
+    ds = Images(a.images, a.slow)
     run = attribute_dataset(m, ds, a.out, batch_size=a.batch_size, shard_size=a.shard_size, format=a.format,
                             attribute_kwargs=kw, progress=False)
     info = {"rank": run.rank, "world_size": run.world_size, "shards_computed": run.shards_computed,
