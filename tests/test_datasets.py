@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import captum_rap.datasets._shards as S
 from _datasets_worker import Crash, Images, tiny_cnn
@@ -424,9 +423,10 @@ def test_other_methods_equal_direct_calls(tmp_path):
     mask = (torch.arange(28)[:, None] // 7 * 4 + torch.arange(28)[None, :] // 7).view(1, 1, 28, 28)
     # CD checks the precision of the first call on an input and reuses that forward, so the
     # reference is the first call of a fresh object on the same batch, as in the run
-    cases = [("lrp", lambda: LRP(model, "epsilon_plus"), {}, True), ("cd", lambda: CD(model), {"feature_mask": mask},
-                                                                     False),
-             ("sal", lambda: Saliency(model), {}, False), ("ig", lambda: IntegratedGradients(model), {"n_steps": 8}, True)]
+    cases = [("lrp", lambda: LRP(model, "epsilon_plus"), {}, True),
+             ("cd", lambda: CD(model), {"feature_mask": mask}, False),
+             ("sal", lambda: Saliency(model), {}, False),
+             ("ig", lambda: IntegratedGradients(model), {"n_steps": 8}, True)]
     for name, make, kw, has_delta in cases:
         attribute_dataset(make(), ds, tmp_path / name, batch_size=4, target="label", attribute_kwargs=kw or None,
                           progress=False)
