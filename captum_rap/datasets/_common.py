@@ -278,7 +278,10 @@ class ProcessGroup:
         if self.active:
             import torch.distributed as dist
 
-            dist.barrier()
+            if dist.get_backend() == "nccl" and torch.cuda.is_available():
+                dist.barrier(device_ids=[torch.cuda.current_device()])
+            else:
+                dist.barrier()
 
     def broadcast_error(self, message: Optional[str]) -> Optional[str]:
         """Rank 0's ``message`` on every rank (a collective: all ranks must call it)."""
@@ -313,6 +316,8 @@ def process_group(who: str, distributed: Optional[bool], device: torch.device) -
         if not dist.is_available():
             raise RuntimeError(f"{who}: WORLD_SIZE={world} but this torch build has no torch.distributed")
         backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)          # NCCL's collectives use the current device
         dist.init_process_group(backend, timeout=datetime.timedelta(hours=24))
         atexit.register(_destroy_group)
         return ProcessGroup(dist.get_rank(), dist.get_world_size(), True)
