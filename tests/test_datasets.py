@@ -553,3 +553,25 @@ def test_command_line(tmp_path, capsys):
         assert dcli.main(argv) == 2, argv
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1, err
+
+
+def test_model_is_left_unchanged(tmp_path):
+    model, ds = tiny_cnn(), small(8)
+    model[0].weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+
+    def check():
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        assert [p.requires_grad for p in model.parameters()] == flags
+        assert not model.training and not any(m.training for m in model.modules())
+        for m in model.modules():
+            assert not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
+
+    attribute_dataset(RAP(model), ds, tmp_path / "ok", batch_size=4, progress=False)
+    check()
+    with pytest.raises(ValueError, match="out of range"):
+        attribute_dataset(RAP(model), ds, tmp_path / "bad", batch_size=4, target=11, progress=False)
+    check()
+    evaluate_dataset(tmp_path / "ok", model, ds, patch_size=7, steps=2, progress=False)
+    check()

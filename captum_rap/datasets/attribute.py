@@ -342,7 +342,8 @@ def attribute_dataset(
         on_error (str, optional): ``"skip"`` or ``"raise"`` for items that fail to load.
             Default: ``"skip"``.
         overwrite (bool, optional): delete an earlier run in ``out`` first (only the files
-            ``attribute_dataset`` writes).  Default: False.
+            ``attribute_dataset`` writes; under torchrun rank 0 deletes and the other ranks
+            wait for it, the one wait at the start).  Default: False.
         progress (bool, optional): a progress bar with images/s on rank 0 (tqdm).  Default: True.
         distributed (bool, optional): None: split over the ranks of an initialised
             ``torch.distributed`` group or of a ``torchrun`` environment (gloo on CPU, NCCL on
