@@ -113,7 +113,7 @@ def worker(a: argparse.Namespace) -> None:
         return
     t0 = time.time()
     run = attribute_dataset(RAP(model), ds, a.out, batch_size=a.batch_size, shard_size=a.shard_size,
-                            save_dtype="float16", progress=False)
+                            save_dtype="float32", progress=False)
     t1 = time.time()
     info.update(rank=run.rank, world_size=run.world_size, start=t0, end=t1, images_computed=run.images_computed,
                 shards_computed=run.shards_computed, rss_peak_mb=rss_mb(),
@@ -209,7 +209,7 @@ def main(argv=None) -> int:
         f"{load_start} at the start, {loadavg()} at the end (the cores are shared with other jobs, so "
         "absolute numbers are noisy; the ratios within one run are what to read).", "",
         f"RAP (default precision guard) on EfficientNet-Lite0 (ImageNet weights), {a.size} px, batches of 4, "
-        "shards of 4 maps saved as float16 (safetensors when installed), "
+        "shards of 4 maps saved as float32 (safetensors when installed), "
         f"{a.images} images (scikit-image photos, flipped and cropped).  Wall time: first rank's start of "
         "`attribute_dataset` to the last rank's end (process start-up, model loading and a one-image warm-up "
         "call excluded).", "",
@@ -229,7 +229,7 @@ def main(argv=None) -> int:
         "Anchors in the same run (a separate process, 1 x 2 threads, the same batches): plain forward+backward "
         f"{fb / a.images:.3f} s/image; a hand-written `RAP(model).attribute(batch)` loop {loop / a.images:.3f} "
         f"s/image ({loop / fb:.1f}x forward+backward); `attribute_dataset` {base['wall'] / a.images:.3f} s/image "
-        f"({base['wall'] / loop:.2f}x the hand-written loop: loading, float16 shards, journal and manifest).", "",
+        f"({base['wall'] / loop:.2f}x the hand-written loop: loading, shards, journal and manifest).", "",
         "## Memory as the dataset grows 10x", "",
         f"One process x 2 threads, RAP on EfficientNet-Lite0 at {a.memory_size} px (small inputs keep the 10x run "
         "short), batches of 4, shards of 8.  RSS high-water mark (`ru_maxrss`) of the process.", "",

@@ -328,8 +328,10 @@ def attribute_dataset(
             the model's parameters.
         shard_size (int, optional): images per shard (the unit of resumption and of the split
             over ranks).  Default: 256.
-        save_dtype (str, optional): ``"float32"`` or ``"float16"`` (half the size; a map with
-            an entry beyond float16's range is an error).  Default: ``"float32"``.
+        save_dtype (str, optional): ``"float32"`` or ``"float16"`` (half the size, about 3
+            significant digits: for display and ranking; sums of large cancelling entries
+            lose their meaning.  A map with an entry beyond float16's range (65504) is an
+            error, which RAP on EfficientNet-Lite0 reaches).  Default: ``"float32"``.
         format (str, optional): ``"safetensors"``, ``"npz"`` or ``"auto"`` (safetensors when
             installed).  Default: ``"auto"``.
         attribute_kwargs (dict, optional): more arguments of ``method.attribute`` (e.g.
@@ -555,7 +557,8 @@ class _ShardBuffer:
             if over.numel():
                 j = int(over[0])
                 raise ValueError(f"{WHO}: the map of {ids[j]!r} has entries up to {float(flat[j].abs().max()):.4g}, "
-                                 "beyond float16's range (65504); use save_dtype='float32'")
+                                 "beyond float16's range (65504; its positive and negative parts cancel); use "
+                                 "save_dtype='float32'")
         t, logit = t.tolist(), logit.detach().to("cpu", torch.float64).tolist()
         dl = delta.detach().to("cpu", torch.float64).tolist() if delta is not None else None
         for j, i in enumerate(indices):
