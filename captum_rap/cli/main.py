@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("insights", help="start the Insights web UI on the demo model and photos")
     ins.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     ins.add_argument("--port", type=_port, default=8080, help="port (default 8080)")
+    from ..datasets.cli import add_parsers  # attribute-dataset, evaluate-dataset
+
+    add_parsers(sub)
     return parser
 
 
@@ -141,6 +144,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             return run_explain(args)
         if args.command == "insights":
             return run_insights(args.host, args.port)
+        if args.command in ("attribute-dataset", "evaluate-dataset"):
+            from ..datasets.cli import run as run_dataset_command
+
+            return run_dataset_command(args)
     except CLIError as exc:
         print(f"captum-rap {args.command or 'demo'}: error: {exc}", file=sys.stderr)
         return 2

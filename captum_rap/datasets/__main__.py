@@ -1,0 +1,8 @@
+"""``python -m captum_rap.datasets attribute-dataset ... | evaluate-dataset ...``."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
