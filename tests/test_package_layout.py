@@ -125,4 +125,4 @@ def test_python_dash_m_help():
     proc = subprocess.run([sys.executable, "-m", "captum_rap", "--help"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "captum-rap demo" in proc.stdout and "{demo,explain,insights}" in proc.stdout
+    assert "captum-rap demo" in proc.stdout and "{demo,explain,insights,attribute-dataset,evaluate-dataset}" in proc.stdout.replace("\n", "").replace(" ", "")
