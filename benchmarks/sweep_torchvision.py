@@ -64,7 +64,9 @@ def build(name: str, dtype: torch.dtype, bias_free: bool):
     model = torchvision.models.get_model(name, **kwargs)
     rs = np.random.RandomState(0)
     sd = model.state_dict()
-    new = {}
+    new = type(sd)()
+    if hasattr(sd, "_metadata"):  # module versions (MNASNet's _load_from_state_dict checks its own)
+        new._metadata = sd._metadata
     for key, t in sd.items():
         shape = tuple(t.shape)
         if key.endswith("num_batches_tracked"):
