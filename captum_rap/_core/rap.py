@@ -247,13 +247,9 @@ class RAP(PropagationAttribution):
         operations (str): the rules for products of two relevance-carrying tensors and for
             softmax: ``"cp_lrp"`` (default: signal-take-all for gates, attention weights as
             constants) or ``"attnlrp"`` (uniform rule, AttnLRP's softmax rule).
-        dtype (torch.dtype, optional): computation dtype of the relevance path.  ``None``
-            (default): the model's dtype, at least float32 (half-precision models and
-            autocast are propagated in float32 on copies of the parameters; results come
-            back in the model's dtype), and a float32 run whose relevance sum is
-            ill-conditioned (``Σ|R| / Σ|seed| · eps > 1e-3``) is redone in float64.
-            ``torch.float32`` / ``torch.float64``: that dtype, with a warning when the
-            estimate exceeds the tolerance.
+        dtype (torch.dtype, optional): computation dtype of the relevance path, as for
+            :class:`~captum_rap.LRP` (``None``: at least float32, ill-conditioned float32
+            runs redone in float64).
 
     Examples::
 
