@@ -1,8 +1,8 @@
-"""No silent wrong numbers (issue 16): hyper-parameters (preset keywords: in
-``rules/test_composites.py``), the epsilon
-floor, calls under no_grad / inference_mode, compiled and TorchScript models, CD's masks
-and targets, the metrics on NaN maps, train-mode models left unchanged by every entry point,
-and the RAP figures on all-zero / NaN maps and their colours."""
+"""No silent wrong numbers (issue 16): hyper-parameters (the preset keywords are in
+``rules/test_composites.py``), the epsilon floor, calls under no_grad / inference_mode,
+compiled and TorchScript models, CD's masks and targets, the metrics on NaN maps, train-mode
+models left unchanged by every entry point, and the RAP figures on all-zero / NaN maps and
+their colours."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Most of LRP is tested by rule and by topic: every rule against a slow reference
 (``rules/test_rules_reference.py``), the presets (``rules/test_composites.py``), Captum's LRP
 suite and conventions (``integration/test_captum_conventions.py``), batch-norm folding
-(``engine/test_batchnorm.py``), the precision guard (``engine/test_precision.py``).  Here:
+(``engine/test_batchnorm.py``), the precision guard (``attr/test_precision.py``).  Here:
 the layer attribution at the input of the input layer (LRP-0 on a bias-free ReLU net is
 input x gradient; at the input layer's input LayerLRP is LRP).
 """
