@@ -276,6 +276,7 @@ def _register_capture(module: nn.Module, callback: Callable[[Tensor], None], at_
       (``grad * activation``, or the seed at the output layer).  For a layer with a batch
       norm folded into it (``merge_batchnorm``) this is the relevance at the output of the
       folded layer, i.e. at the batch norm output.
+    * A module returning a tuple (attention, recurrent layers): its first tensor.
     * Any other tensor: ``grad * activation`` from the backward pass, plus, for a selection
       of the model input (the input of an input layer), the relevance that input layers
       return directly, mapped back to it.
@@ -283,6 +284,10 @@ def _register_capture(module: nn.Module, callback: Callable[[Tensor], None], at_
 
     def fwd_hook(mod, args, out):
         t = args[0] if at_input else out
+        if isinstance(t, (tuple, list)):
+            # a module returning several values (nn.MultiheadAttention: (output, weights);
+            # nn.LSTM: (output, (h, c))): its first tensor, the layer's output proper
+            t = next((v for v in t if isinstance(v, Tensor)), None)
         if not isinstance(t, Tensor) or not t.requires_grad:
             return
         producer = producer_of(t, state.token)

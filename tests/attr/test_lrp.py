@@ -68,3 +68,42 @@ def test_layer_lrp_at_input_layer_input_equals_lrp(composite):
     assert rel_err(lay, full) < 1e-12
     _, full_delta = LRP(m, composite).attribute(x, target=[0, 2], return_convergence_delta=True)
     assert torch.allclose(delta, full_delta, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------
+# Layers returning a tuple
+# ----------------------------------------------------------------------------------------
+
+
+class _Attention(nn.Module):
+    """``nn.MultiheadAttention`` returns ``(output, weights)``; ``after`` is an identity
+    module on the output proper, a second capture point on the same tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.after = nn.Identity()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y, _ = self.mha(x, x, x)
+        return self.head(self.after(y).mean(1))
+
+
+@pytest.mark.parametrize("method", ["attnlrp", "cp_lrp", "rap"])
+def test_layer_returning_a_tuple_is_captured_at_its_first_output(method):
+    # nn.MultiheadAttention as the layer raised "was not called in the forward pass"
+    from captum_rap import LayerRAP
+
+    torch.manual_seed(0)
+    model = _Attention().double().eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+
+    def layer_method(layer):
+        return LayerRAP(model, layer) if method == "rap" else LayerLRP(model, layer, method)
+
+    at_mha = layer_method(model.mha).attribute(x, target=[0, 2])
+    at_after = layer_method(model.after).attribute(x, target=[0, 2])
+    assert at_mha.shape == (2, 5, 8)
+    assert float(at_after.abs().max()) > 0
+    assert rel_err(at_mha, at_after) < TOL
