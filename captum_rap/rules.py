@@ -9,7 +9,8 @@ an affine layer (:class:`captum_rap._engine.AffineOp`), its input ``x``, its out
     ``R_in = x * factor + extra``        (either term may be ``None``).
 
 Notation in the docstrings: ``x⁺ = max(x, 0)``, ``x⁻ = min(x, 0)``, likewise ``W⁺``, ``W⁻``,
-``b⁺``, ``b⁻``; ``stab(z) = z + ε·sign(z)`` with ``sign(0) = 1``.  All rules are linear in
+``b⁺``, ``b⁻``; ``stab(z) = z + ε·sign(z)`` with the sign convention of
+:mod:`captum_rap._engine.numerics` (``sign(±0) = ±1``, the sign bit).  All rules are linear in
 the output relevance ``R`` for a fixed forward pass.
 """
 
@@ -24,7 +25,8 @@ from torch import Tensor
 
 from ._compat import (CaptumAlpha1Beta0Rule, CaptumEpsilonRule, CaptumGammaRule, CaptumIdentityRule,
                       PropagationRule)
-from ._engine import AffineOp, LayerInfo, per_example, safe_divide, stabilize
+from ._engine import AffineOp, LayerInfo, per_example, safe_divide
+from ._engine.numerics import divide, divide_keep_zero, floored_epsilon
 
 __all__ = [
     "Rule",
@@ -50,6 +52,7 @@ __all__ = [
     "SignalTakeAll",
     "AttnLRPSoftmax",
     "ConstantSoftmax",
+    "RAPRule",
 ]
 
 _PropagateResult = Tuple[Optional[Tensor], Optional[Tensor]]
@@ -82,15 +85,6 @@ def check_flag(owner: str, name: str, value: Any) -> bool:
     return value
 
 
-def floored_epsilon(epsilon: float, dtype: torch.dtype) -> float:
-    """A positive stabilizer no smaller than the smallest normal number of ``dtype`` (a
-    smaller one underflows to 0 there, e.g. ``1e-9`` in float16, and ``0 / 0`` would give
-    NaN maps); ``0`` stays ``0`` (the unstabilized rules guard exact zeros themselves)."""
-    if epsilon <= 0 or not dtype.is_floating_point:
-        return epsilon
-    return max(epsilon, float(torch.finfo(dtype).tiny))
-
-
 def _nonneg_inputs(inputs: Any) -> bool:
     ts = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
     return all(_is_nonneg(t.detach()) for t in ts if isinstance(t, Tensor))
@@ -108,9 +102,14 @@ class Rule(PropagationRule):
     there with a pointer to :class:`captum_rap.LRP`.
     """
 
-    #: the rule returns relevance at positions where the layer input is 0, so it needs the
-    #: exact input (layers that read the model input directly)
-    needs_input_layer: bool = False
+    #: the rule returns relevance at positions where the layer input is 0, so it is valid
+    #: only on layers that read the model input directly (:meth:`check_layer` refuses others)
+    input_layer_only: bool = False
+
+    #: on the input layer, the rule needs ``info.input_mask`` (which entries of the layer
+    #: input are real input and which are zero padding between the model input and the
+    #: layer); the engine computes the mask only for rules that ask for it
+    needs_input_mask: bool = False
 
     #: ``R_in`` is linear in ``R_out`` for a fixed forward pass (true for every LRP rule;
     #: :class:`RelevanceFilter` is not).  Contrastive methods (CLRP, SGLRP) use one
@@ -136,7 +135,7 @@ class Rule(PropagationRule):
 
     def check_layer(self, info: LayerInfo) -> Optional[str]:
         """Return a message if the rule cannot be used on this layer, else ``None``."""
-        if self.needs_input_layer and not info.is_input_layer:
+        if self.input_layer_only and not info.is_input_layer:
             return (f"{type(self).__name__} puts relevance on inputs that are 0, which the engine can "
                     "only return exactly for layers that read the model input directly (or through "
                     "padding/reshape/slicing only). Use it on the input layer only.")
@@ -151,21 +150,6 @@ class Rule(PropagationRule):
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items()
                            if not k.startswith("_") and k not in ("relevance_input", "relevance_output"))
         return f"{type(self).__name__}({params})"
-
-
-def _divide(relevance: Tensor, z: Tensor, epsilon: float) -> Tensor:
-    """``relevance / stab(z)``.  With ``epsilon == 0`` (LRP-0, unstabilized z+/alpha-beta)
-    outputs with ``z == 0`` pass no relevance (0 instead of 0/0 = NaN): their numerators
-    are all 0 (alpha-beta, z+) or their relevance ``R = grad * z`` is 0 (hidden layers),
-    and a single NaN would otherwise poison the whole map (e.g. a dead receptive field in a
-    bias-free ReLU network).  A positive ``epsilon`` is floored at the smallest normal
-    number of ``z``'s dtype (:func:`floored_epsilon`)."""
-    if epsilon == 0:
-        return safe_divide(relevance, z)
-    d = stabilize(z, floored_epsilon(epsilon, z.dtype))
-    if d.shape == relevance.shape and d.dtype == relevance.dtype:
-        return torch.div(relevance, d, out=d)  # into the temporary: one allocation less
-    return relevance / d
 
 
 def _pos(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -204,7 +188,7 @@ class Epsilon(Rule):
         pass
 
     def propagate(self, op, x, z, relevance, info):
-        s = _divide(relevance, z, self.epsilon)
+        s = divide(relevance, z, self.epsilon)
         return op.backward(s, None, x.shape), None
 
 
@@ -257,7 +241,7 @@ class Gamma(Rule):
         wp = w + g * w.clamp(min=0)
         if not self.generalized:
             zz = op.forward(x, wp, b)
-            s = _divide(relevance, zz, self.epsilon)
+            s = divide(relevance, zz, self.epsilon)
             return op.backward(s, wp, x.shape), None
         if _is_nonneg(x):
             # x >= 0: with a = x W⁺, p = a + b⁺ and the layer output z = x W + b,
@@ -291,8 +275,8 @@ class Gamma(Rule):
         xp, xn = x.clamp(min=0), x.clamp(max=0)
         zp = op.forward(xp, wp, bp) + op.forward(xn, wn, None)
         zn = op.forward(xp, wn, bn) + op.forward(xn, wp, None)
-        sp = _divide(pos_out * relevance, zp, self.epsilon)
-        sn = _divide(neg_out * relevance, zn, self.epsilon)
+        sp = divide(pos_out * relevance, zp, self.epsilon)
+        sn = divide(neg_out * relevance, zn, self.epsilon)
         f_pos_in = op.backward(sp, wp, x.shape) + op.backward(sn, wn, x.shape)
         f_neg_in = op.backward(sp, wn, x.shape) + op.backward(sn, wp, x.shape)
         return torch.where(x > 0, f_pos_in, f_neg_in), None
@@ -353,8 +337,8 @@ class AlphaBeta(Rule):
                     zn.sub_(bp)
                 else:
                     zn.sub_(op.bias_like(op.bias, z))
-            sp = _divide(relevance, zp, self.epsilon)
-            sn = _divide(relevance, zn, self.epsilon)
+            sp = divide(relevance, zp, self.epsilon)
+            sn = divide(relevance, zn, self.epsilon)
             if self.alpha != 1:
                 sp.mul_(self.alpha)
             out = op.backward(sp, wp, x.shape)
@@ -368,13 +352,13 @@ class AlphaBeta(Rule):
         else:
             xp, xn = x.clamp(min=0), x.clamp(max=0)
             zp = op.forward(xp, wp, _pos(b)) + op.forward(xn, wn, None)
-        sp = _divide(self.alpha * relevance, zp, self.epsilon)
+        sp = divide(self.alpha * relevance, zp, self.epsilon)
         if self.beta != 0:
             if nonneg:
                 zn = op.forward(x, wn, _neg(b))
             else:
                 zn = op.forward(xp, wn, _neg(b)) + op.forward(xn, wp, None)
-            sn = _divide(self.beta * relevance, zn, self.epsilon)
+            sn = divide(self.beta * relevance, zn, self.epsilon)
         if nonneg:
             factor = op.backward(sp, wp, x.shape)
             if self.beta != 0:
@@ -434,7 +418,8 @@ class ZBox(Rule):
         epsilon (float): stabilizer. Default: 1e-6.
     """
 
-    needs_input_layer = True
+    input_layer_only = True
+    needs_input_mask = True
 
     def __init__(self, low: BoundType = None, high: BoundType = None, epsilon: float = 1e-6) -> None:
         self.low = _check_bound("low", low)
@@ -469,54 +454,60 @@ class ZBox(Rule):
         if info.input_mask is not None:  # zero padding before the layer is not a bounded input
             low, high = low * info.input_mask, high * info.input_mask
         zz = op.forward(x, w, None) - op.forward(low, wp, None) - op.forward(high, wn, None)
-        s = _divide(relevance, zz, self.epsilon)
+        s = divide(relevance, zz, self.epsilon)
         extra = -low * op.backward(s, wp, x.shape) - high * op.backward(s, wn, x.shape)
         return op.backward(s, w, x.shape), extra
 
 
-class Flat(Rule):
+class _ReceptiveFieldRule(Rule):
+    r"""Input-layer rules that spread relevance over the receptive field in proportion to a
+    function ``ρ(W)`` of the weights alone: ``R_j = Σ_k ρ(W_kj) R_k / stab(Σ_i ρ(W_ki))``,
+    the sum over the receptive field with padding excluded.  Subclasses give ``ρ``."""
+
+    input_layer_only = True
+    needs_input_mask = True
+
+    def __init__(self, epsilon: float = 1e-6) -> None:
+        self.epsilon = check_hyperparameter(type(self).__name__, "epsilon", epsilon)
+        self.STABILITY_FACTOR = self.epsilon
+
+    @staticmethod
+    def _weight(w: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def propagate(self, op, x, z, relevance, info):
+        rw = self._weight(op.weight)
+        real = torch.ones_like(x) if info.input_mask is None else info.input_mask
+        zz = op.forward(real, rw, None)
+        s = divide(relevance, zz, self.epsilon)
+        return None, real * op.backward(s, rw, x.shape)
+
+
+class Flat(_ReceptiveFieldRule):
     r"""Flat rule (Lapuschkin et al. 2019): relevance spread uniformly over the receptive
     field, ``R_j = Σ_k R_k / n_k`` with ``n_k`` the number of inputs (padding excluded) that
-    feed output ``k``.  Input layers only.
+    feed output ``k`` (``ρ(W) = 1``).  Input layers only.
 
     Args:
         epsilon (float): stabilizer. Default: 1e-6.
     """
 
-    needs_input_layer = True
-
-    def __init__(self, epsilon: float = 1e-6) -> None:
-        self.epsilon = check_hyperparameter(type(self).__name__, "epsilon", epsilon)
-        self.STABILITY_FACTOR = self.epsilon
-
-    def propagate(self, op, x, z, relevance, info):
-        ones_w = torch.ones_like(op.weight)
-        real = torch.ones_like(x) if info.input_mask is None else info.input_mask
-        zz = op.forward(real, ones_w, None)
-        s = _divide(relevance, zz, self.epsilon)
-        return None, real * op.backward(s, ones_w, x.shape)
+    @staticmethod
+    def _weight(w: Tensor) -> Tensor:
+        return torch.ones_like(w)
 
 
-class WSquare(Rule):
+class WSquare(_ReceptiveFieldRule):
     r"""w² rule (Montavon et al. 2017): ``R_j = Σ_k W_kj² R_k / Σ_i W_ki²`` (the sum over
-    the receptive field, padding excluded).  Input layers only.
+    the receptive field, padding excluded; ``ρ(W) = W²``).  Input layers only.
 
     Args:
         epsilon (float): stabilizer. Default: 1e-6.
     """
 
-    needs_input_layer = True
-
-    def __init__(self, epsilon: float = 1e-6) -> None:
-        self.epsilon = check_hyperparameter(type(self).__name__, "epsilon", epsilon)
-        self.STABILITY_FACTOR = self.epsilon
-
-    def propagate(self, op, x, z, relevance, info):
-        w2 = op.weight * op.weight
-        real = torch.ones_like(x) if info.input_mask is None else info.input_mask
-        zz = op.forward(real, w2, None)
-        s = _divide(relevance, zz, self.epsilon)
-        return None, real * op.backward(s, w2, x.shape)
+    @staticmethod
+    def _weight(w: Tensor) -> Tensor:
+        return w * w
 
 
 class PassThrough(Rule, CaptumIdentityRule):
@@ -546,6 +537,171 @@ class PassThrough(Rule, CaptumIdentityRule):
                              f"{tuple(x.shape)} to an output of shape {tuple(z.shape)}; the identity rule needs "
                              "the same shape")
         return None, relevance
+
+
+# RAP ------------------------------------------------------------------------------------
+
+
+def _per_sample_sum(t: Tensor, axis: Optional[int] = 0) -> Tensor:
+    """Σ over each example (batch ``axis``; ``None``: one example), dims kept."""
+    return per_example(t, axis)
+
+
+def uniform_shift(c: Tensor, r_total: Tensor, inplace: bool = False, axis: Optional[int] = 0) -> Tensor:
+    """RAP's uniform shifting: subtract ``(Σ C − Σ R) / #{C ≠ 0}`` from every non-zero
+    entry of ``C`` (per example: ``axis`` is the batch axis, ``None`` for one example), so
+    that ``Σ C = Σ R``.  An all-zero ``C`` stays zero.  ``inplace=True`` overwrites ``c``
+    (fewer large allocations)."""
+    nonzero = torch.sign(c).abs_()  # 1 where c != 0 (arithmetic: boolean masks are slow)
+    count = _per_sample_sum(nonzero, axis)
+    surplus = _per_sample_sum(c, axis) - r_total
+    shift = nonzero.mul_(safe_divide(surplus, count))
+    return c.sub_(shift) if inplace else c - shift
+
+
+class RAPRule(Rule):
+    """The per-layer rules of RAP as computed by the official implementation (see
+    :class:`~captum_rap.RAP` for the list).  One object serves every layer; it dispatches on
+    :class:`~captum_rap._engine.LayerInfo`.
+
+    Args:
+        stabilizer (float): 0 reproduces the reference (exact-zero guarded divisions);
+            ``> 0`` adds a sign-preserving ``stabilizer`` to every division, including the
+            relevance density at residual additions.
+    """
+
+    #: the input layer gets z^B, which puts relevance on zero inputs: the engine then
+    #: tells which entries of the layer input are zero padding (``info.input_mask``); the
+    #: other layers get RAP's hidden / output rules, so the rule is not input-layer only
+    needs_input_mask = True
+
+    def __init__(self, stabilizer: float = 0.0) -> None:
+        self.stabilizer = check_hyperparameter("RAP", "stabilizer", stabilizer)
+        self.STABILITY_FACTOR = self.stabilizer
+
+    def check_layer(self, info: LayerInfo) -> Optional[str]:
+        return None
+
+    # -- density helper ---------------------------------------------------------------
+    def _out(self, x: Tensor, rel: Tensor, info: LayerInfo, axis: Optional[int]):
+        """Return relevance ``rel`` as ``(factor, extra)``; with a stabilizer the density
+        is ``rel / stab(x)``."""
+        if self.stabilizer > 0 and not info.is_input_layer:
+            # stabilized density R / (x + eps·sign(x)); the relevance this removes from
+            # units with |x| ~ eps is given back in proportion to |x| (so the layer still
+            # conserves and no unit's density explodes at a near-cancelling residual sum)
+            density = divide_keep_zero(rel, x, self.stabilizer)
+            lost = _per_sample_sum(rel, axis) - _per_sample_sum(x * density, axis)
+            density = density + torch.sign(x) * safe_divide(lost, _per_sample_sum(x.abs(), axis))
+            return density, None
+        return None, rel
+
+    def propagate(self, op: AffineOp, x: Tensor, z: Tensor, relevance: Tensor, info: LayerInfo):
+        if info.is_output_layer and op.kind == "linear" and not op.is_elementwise:
+            return self._out(x, self._first_prop(op, x, z, relevance), info, None if x.dim() != 2 else 0)
+        axis = info.example_axis("RAP")
+        if op.is_elementwise:
+            # reference: R * [x * w != 0] (beta is subtracted and added back; no effect).
+            # Relevance at inputs that are exactly 0 (e.g. a bias-free conv over a dead
+            # region, or concatenated ReLU outputs) would be lost there; it is given back
+            # by RAP's own uniform shift over the non-zero inputs, so the layer conserves.
+            kept = relevance
+            w_zero = bool((op.weight == 0).any())
+            if w_zero or x.numel() and float(x.abs().min()) == 0.0:
+                keep = torch.sign(x).abs_()
+                if w_zero:
+                    keep = keep * op.weight_like((op.weight != 0).to(x.dtype), x)
+                kept = relevance * keep
+                if float((relevance - kept).abs().max()) > 0:
+                    kept = uniform_shift(kept, _per_sample_sum(relevance, axis), inplace=True, axis=axis)
+            return self._out(x, kept, info, axis)
+        if info.is_input_layer:
+            return None, self._zb(op, x, relevance, info.input_mask, axis)
+        return self._out(x, self._hidden(op, x, z, relevance, axis), info, axis)
+
+    # -- output layer: first_prop + redistribute ---------------------------------------
+    def _first_prop(self, op: AffineOp, x: Tensor, z: Tensor, relevance: Tensor) -> Tensor:
+        if x.dim() != 2:
+            raise ValueError("RAP's output-layer rule needs a Linear layer on (N, features) inputs")
+        eps = self.stabilizer
+        w_all, b_all = op.weight, op.bias
+        out = torch.zeros_like(x)
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        for n, t in (relevance != 0).nonzero(as_tuple=False).tolist():
+            # the reference seeds with the one-hot T and ends with sum(R) = y_t; a seed of
+            # another magnitude scales the map by seed / y_t (linear extension)
+            scale = divide_keep_zero(relevance[n, t], z[n, t], eps)
+            w = w_all[t]
+            wp, wn = w.clamp(min=0), w.clamp(max=0)
+            c = x[n] * w
+            pos = (xp[n] * wp + xn[n] * wn).sum()
+            neg = (xp[n] * wn + xn[n] * wp).sum()
+            if b_all is None:
+                bias = torch.zeros((), dtype=x.dtype, device=x.device)
+            else:  # one bias per output, or a bias map (an input normalisation folded in)
+                bias = b_all[min(n, b_all.shape[0] - 1), t] if op.is_bias_map(b_all) else b_all[t]
+            b_pos = bias * divide_keep_zero(pos, pos + neg, eps)
+            b_neg = bias * divide_keep_zero(neg, pos + neg, eps)
+            c1 = xp[n] * wp
+            c2 = xp[n] * wn
+            cc = c + c1 * divide_keep_zero(b_pos, c1.sum(), eps) + c2 * divide_keep_zero(b_neg, c2.sum(), eps)
+            total = cc.sum()
+            r = cc.abs() * divide_keep_zero(total, cc.abs().sum(), eps)
+            out[n] = out[n] + scale * r
+        return out
+
+    # -- input layer: z^B with per-example scalar bounds -------------------------------
+    def _zb(self, op: AffineOp, x: Tensor, relevance: Tensor, mask: Optional[Tensor],
+            axis: Optional[int]) -> Tensor:
+        # bounds: min / max over the example; zero padding between the model input and the
+        # layer (e.g. a ZeroPad2d module) is padding for x, low and high alike, as the
+        # reference's own conv padding is
+        vals = x.detach() if mask is None else x.detach().masked_fill(mask == 0, float("nan"))
+        low = per_example(vals, axis, "min").expand_as(x)
+        high = per_example(vals, axis, "max").expand_as(x)
+        if mask is not None:
+            low, high = low * mask, high * mask
+        w = op.weight
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        zz = op.forward(x, w, None) - op.forward(low, wp, None) - op.forward(high, wn, None)
+        s = divide_keep_zero(relevance, zz, self.stabilizer)
+        return (x * op.backward(s, w, x.shape) - low * op.backward(s, wp, x.shape)
+                - high * op.backward(s, wn, x.shape))
+
+    # -- hidden layers: pos_prop on both input-sign branches, then one uniform shift ----
+    def _hidden(self, op: AffineOp, x: Tensor, z: Tensor, relevance: Tensor, axis: Optional[int]) -> Tensor:
+        # temporaries are updated in place: at large batch sizes, allocating fresh
+        # activation-sized tensors (page faults) costs more than the arithmetic
+        eps = self.stabilizer
+        w = op.weight
+        wp = w.clamp(min=0)
+        is_linear = op.kind == "linear"
+        total: Optional[Tensor] = None
+        nonneg = x.numel() == 0 or float(x.min()) >= 0
+        branches = [x] if nonneg else [x.clamp(min=0), -x.clamp(max=0)]
+        # |W⁻|, and B = x|W⁻| by its own forward pass: computed as xW⁺ - xW (one pass
+        # less), B is rounding noise instead of exactly 0 at units without negative
+        # contributions (depthwise convs, sparse post-ReLU inputs), and R⁻ / noise then
+        # sends arbitrary relevance through the cancelling backward pass
+        wn_abs = wp - w
+        for xb in branches:
+            a = op.forward(xb, wp, None)
+            b = op.forward(xb, wn_abs, None)
+            s_ab = divide_keep_zero(relevance, torch.add(a, b), eps, overwrite_den=True)  # R / (A + B)
+            if is_linear:
+                # reference Linear.pos_prop: a/A * R + b/(A+B) * R
+                p = divide_keep_zero(relevance, a, eps, overwrite_den=True)
+                q = s_ab
+            else:
+                # reference Conv2d.pos_prop: a/A * R+ + b/B * R- + b/(A+B) * R
+                p = divide_keep_zero(relevance.clamp(min=0), a, eps, overwrite_den=True)
+                q = divide_keep_zero(relevance.clamp(max=0), b, eps, overwrite_den=True).add_(s_ab)
+            del a, b, s_ab
+            g = op.backward(p, wp, x.shape).add_(op.backward(q, wn_abs, x.shape))
+            g.mul_(xb)
+            total = g if total is None else total.add_(g)
+        assert total is not None
+        return uniform_shift(total, _per_sample_sum(relevance, axis), inplace=True, axis=axis)
 
 
 # Operation rules ------------------------------------------------------------------------
@@ -662,7 +818,7 @@ class _CaptumWeightRule(Rule):
     def propagate(self, op, x, z, relevance, info):
         w = self.weight_fn(op.weight)
         zz = op.forward(x, w, op.bias if self.use_bias else None)
-        return op.backward(_divide(relevance, zz, self.epsilon), w, x.shape), None
+        return op.backward(divide(relevance, zz, self.epsilon), w, x.shape), None
 
     def __repr__(self) -> str:
         return self._name
@@ -733,8 +889,12 @@ class RelevanceFilter(Rule):
         self.STABILITY_FACTOR = getattr(self.rule, "STABILITY_FACTOR", 1e-9)
 
     @property
-    def needs_input_layer(self) -> bool:  # type: ignore[override]
-        return bool(getattr(self.rule, "needs_input_layer", False))
+    def input_layer_only(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.rule, "input_layer_only", False))
+
+    @property
+    def needs_input_mask(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.rule, "needs_input_mask", False))
 
     def check_layer(self, info: LayerInfo) -> Optional[str]:
         if self.rule is None:

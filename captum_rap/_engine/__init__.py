@@ -28,11 +28,11 @@ Modules:
 * :mod:`.batchnorm`: batch-norm folding;
 * :mod:`.propagator`: :class:`Propagator`, one forward + backward;
 * :mod:`.records`: :class:`LayerInfo`, per-call nodes and tags;
-* :mod:`.numerics`: division helpers.
+* :mod:`.numerics`: every division / stabiliser helper (one sign convention).
 """
 
 from .affine import AffineOp
-from .numerics import per_example, safe_divide, stabilize
+from .numerics import divide, divide_keep_zero, floored_epsilon, per_example, safe_divide, stabilize
 from .optable import OP_TABLE, supported_operations
 from .propagator import Propagator
 from .records import NORM_KINDS, LayerInfo, UnsupportedOperationError
@@ -46,6 +46,9 @@ __all__ = [
     "OP_TABLE",
     "supported_operations",
     "per_example",
+    "divide",
+    "divide_keep_zero",
+    "floored_epsilon",
     "safe_divide",
     "stabilize",
 ]

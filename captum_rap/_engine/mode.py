@@ -789,7 +789,7 @@ class PropagationMode(TorchFunctionMode):
             return merge_bn(self, x, fold_into, node)
         if problem is not None:
             raise problem
-        if is_input and getattr(rule, "needs_input_layer", False):
+        if is_input and getattr(rule, "needs_input_mask", False):
             info.input_mask = self._real_input_mask(x)
         if is_input:
             node.input_ref = x
