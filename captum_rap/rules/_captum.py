@@ -64,12 +64,9 @@ def from_captum_rule(rule: Any) -> Any:
     """Translate one of Captum's own rule objects into the equivalent captum_rap rule.
 
     Returns the rule unchanged if it already is a captum_rap :class:`Rule`."""
-    from ._compat import (CaptumAlpha1Beta0Rule, CaptumEpsilonRule, CaptumGammaRule,
-                          CaptumIdentityRule as _CapId)
-
     if isinstance(rule, Rule):
         return rule
-    if isinstance(rule, _CapId):
+    if isinstance(rule, CaptumIdentityRule):
         return PassThrough()
     if isinstance(rule, CaptumEpsilonRule):
         return Epsilon(rule.STABILITY_FACTOR)
