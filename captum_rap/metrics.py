@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ._compat import TargetType
+from ._compat import TargetType, _select_targets
 from ._guard import ModelStateGuard
 
 __all__ = ["region_perturbation", "RegionPerturbationResult", "relevance_distribution", "aopc",
@@ -218,8 +218,6 @@ def _run(forward_func: Callable, x: Tensor, args: Any) -> Tensor:
 
 def _select(output: Tensor, target: TargetType) -> Tensor:
     """One score per row (Captum's target selection)."""
-    from captum._utils.common import _select_targets
-
     out = _select_targets(output, target)
     if out.numel() != output.shape[0]:
         raise ValueError("region_perturbation: the selected output is not one score per example "
