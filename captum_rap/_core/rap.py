@@ -45,8 +45,8 @@ class RAP(PropagationAttribution):
     weights are constants, so RAP still conserves relevance: the layer-wise uniform shift
     keeps each layer's total, and nothing else creates or removes relevance);
     ``"attnlrp"`` uses the uniform product rule and AttnLRP's softmax rule, which does not
-    conserve relevance and, with RAP's large signed relevances, can be far off (on a
-    random bias-free ViT-B/16 the map summed to -8987 for a logit of -0.19).
+    conserve relevance and, with RAP's large signed relevances, can be far off (see the
+    ``Σ map / logit`` column of ``benchmarks/RESULTS_quality_vit.md``).
 
     Where the reference is undefined or broken this implementation does the principled
     thing: layers with signed inputs get *one* uniform shift over both input-sign branches
