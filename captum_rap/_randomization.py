@@ -275,6 +275,8 @@ def _as_single(inputs: Any, who: str) -> Tensor:
 
 
 def _forward(model: Callable, x: Tensor, args: Any) -> Tensor:
+    """``model(x, *args)`` (``args``: None, a tuple or one argument); the first element of
+    a tuple / list output.  Shared by the sanity checks, CSC and the perturbation metrics."""
     if args is None:
         out = model(x)
     elif isinstance(args, tuple):

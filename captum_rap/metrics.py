@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ._compat import TargetType, _select_targets
 from ._guard import ModelStateGuard
+from ._randomization import _forward
 
 __all__ = ["region_perturbation", "RegionPerturbationResult", "relevance_distribution", "aopc",
            "pointing_game", "parameter_randomization", "ParameterRandomizationResult", "map_similarities",
@@ -202,18 +203,6 @@ def _subset_args(args: Any, idx: Tensor, n: int) -> Any:
     out = tuple(a[idx.to(a.device)] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n
                 else a for a in items)
     return out[0] if single else out
-
-
-def _run(forward_func: Callable, x: Tensor, args: Any) -> Tensor:
-    if args is None:
-        out = forward_func(x)
-    elif isinstance(args, tuple):
-        out = forward_func(x, *args)
-    else:
-        out = forward_func(x, args)
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return out
 
 
 def _select(output: Tensor, target: TargetType) -> Tensor:
@@ -434,7 +423,7 @@ def region_perturbation(
                 batch = torch.where(mask, repl[nn_], xs[nn_])
             if flat_input:
                 batch = batch.squeeze(1)
-            out = _run(forward_func, batch, _subset_args(additional_forward_args, nn_, n))
+            out = _forward(forward_func, batch, _subset_args(additional_forward_args, nn_, n))
             if s0 < n:
                 if target is None:
                     base_outputs.append(out)
