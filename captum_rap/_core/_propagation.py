@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import numbers
 import warnings
@@ -337,6 +338,11 @@ class PropagationAttribution(GradientAttribution):
         self._runs = 0  # propagations started (layer methods keep the last run's relevances)
         self._result_dtype: torch.dtype = torch.float32
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "attribute" not in cls.__dict__:
+            cls.attribute = _attribute_with_options(cls)  # type: ignore[method-assign]
+
     @property
     def multiplies_by_inputs(self) -> bool:
         return True
@@ -505,6 +511,35 @@ class PropagationAttribution(GradientAttribution):
     def compute_convergence_delta(self, attributions, output: Tensor) -> Tensor:  # type: ignore[override]
         """``output − Σ attributions`` per example (Captum's ``LRP`` convention)."""
         return convergence_delta(output, _format_tensor_into_tuples(attributions))
+
+
+def _attribute_with_options(cls: type) -> Callable:
+    """``PropagationAttribution.attribute`` with ``cls``'s signature: the common arguments
+    followed by the method's options (``cls._attribute_options``), so that the arguments
+    bind as in a hand-written ``attribute`` (positional or keyword; unknown keyword ->
+    TypeError) and ``inspect.signature`` shows what the method takes."""
+    template = PropagationAttribution.attribute
+    template_sig = inspect.signature(template)
+    params = [p for p in template_sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+    params += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
+               for name, default in cls._attribute_options.items()]  # type: ignore[attr-defined]
+    sig = template_sig.replace(parameters=params)
+
+    def attribute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            bound = sig.bind(self, *args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{type(self).__name__}.attribute() {exc}") from None
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        del arguments["self"]
+        return template(self, **arguments)
+
+    attribute.__signature__ = sig  # type: ignore[attr-defined]
+    attribute.__doc__ = template.__doc__
+    attribute.__module__ = cls.__module__
+    attribute.__qualname__ = f"{cls.__qualname__}.attribute"
+    return attribute
 
 
 class CompositeAttribution(PropagationAttribution):

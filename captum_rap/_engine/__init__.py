@@ -21,7 +21,8 @@ naming the operation and the module it was called from.
 Modules:
 
 * :mod:`.optable`: the operation table (torch function name -> treatment);
-* :mod:`.mode`: the function mode that applies the treatments;
+* :mod:`.mode`: the function mode that applies the treatments (its affine-layer half in
+  :mod:`.layers`, its reading of call arguments in :mod:`.callargs`);
 * :mod:`.decompositions`: normalisations and attention written out in table operations;
 * :mod:`.affine`: :class:`AffineOp`, the affine layer as rules see it;
 * :mod:`.functions`: the autograd functions that carry the rules;
