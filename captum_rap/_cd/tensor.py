@@ -34,6 +34,12 @@ reads as one rule with a branch per form:
 * **local form** (images, default mode): the relevant part kept as boxes around each
   mask (:mod:`.local`, rules in :mod:`.local_rules`); an operation without a local rule
   materializes the dense relevant part and goes on in the total form.
+
+Why one module of more than 600 lines: the tensor types, the dispatch, the three computing
+forms' bookkeeping (fields set by the constructors and read by the dispatch), the shared
+total and the handler registry are one mechanism whose parts read each other's private
+fields; splitting them would make those fields cross-module API.  The rules are in the
+family modules listed above.
 """
 
 from __future__ import annotations

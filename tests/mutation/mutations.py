@@ -123,7 +123,7 @@ MUTATIONS = [
      "mask = (rank_map[nn_] < counts[kk].unsqueeze(1)).view((-1, 1) + spatial)",
      "mask = (rank_map[nn_] <= counts[kk].unsqueeze(1)).view((-1, 1) + spatial)",
      ["tests/test_metrics.py"], "each step removes one patch more"),
-    ("metric-gini-weights", "captum_rap/metrics.py",
+    ("metric-gini-weights", "captum_rap/_map_statistics.py",
      "weights = (n_entries - k + 0.5) / n_entries", "weights = (n_entries - k + 1.0) / n_entries",
      ["tests/test_metrics.py"], "Gini index with shifted weights"),
 ]
