@@ -430,7 +430,7 @@ def _attribute_with_options(cls: type) -> Callable:
     followed by the method's options (``cls._attribute_options``), so that the arguments
     bind as in a hand-written ``attribute`` (positional or keyword; unknown keyword ->
     TypeError) and ``inspect.signature`` shows what the method takes."""
-    template = PropagationAttribution.attribute
+    template = PropagationAttribution.attribute.__wrapped__  # type: ignore[attr-defined]  (without log_usage)
     template_sig = inspect.signature(template)
     params = [p for p in template_sig.parameters.values() if p.kind != p.VAR_KEYWORD]
     params += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
@@ -451,7 +451,9 @@ def _attribute_with_options(cls: type) -> Callable:
     attribute.__doc__ = template.__doc__
     attribute.__module__ = cls.__module__
     attribute.__qualname__ = f"{cls.__qualname__}.attribute"
-    return attribute
+    # as a hand-written Captum method: decorated, with the undecorated function as
+    # ``__wrapped__`` (Captum's NoiseTunnel calls ``attribute.__wrapped__``)
+    return log_usage()(attribute)
 
 
 class CompositeAttribution(PropagationAttribution):
