@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ._compat import TargetType
-from ._similarity import _check_similarities, _prepare, map_similarities
+from ._similarity import _as_single, _check_similarities, _prepare, map_similarities
 
 __all__ = ["parameter_randomization", "ParameterRandomizationResult", "plot_parameter_randomization"]
 
@@ -267,16 +267,6 @@ class ParameterRandomizationResult:
     def mean(self, name: str = "spearman_abs") -> Tensor:
         """``(steps,)`` mean of one measure over the examples (NaN entries ignored)."""
         return torch.nanmean(self.similarity[name], dim=1)
-
-
-def _as_single(inputs: Any, who: str) -> Tensor:
-    if isinstance(inputs, (tuple, list)):
-        if len(inputs) != 1:
-            raise TypeError(f"{who}: inputs must be one tensor (or a 1-tuple), got {len(inputs)} tensors")
-        inputs = inputs[0]
-    if not isinstance(inputs, Tensor):
-        raise TypeError(f"{who}: inputs must be a Tensor, got {type(inputs).__name__}")
-    return inputs
 
 
 def _forward(model: Callable, x: Tensor, args: Any) -> Tensor:
