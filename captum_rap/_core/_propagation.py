@@ -228,11 +228,12 @@ def check_layers(model: nn.Module, layer: Any, method: str) -> Any:
 class PropagationAttribution(GradientAttribution):
     """Base class of the propagation methods and the one ``attribute`` template.
 
-    The public :meth:`attribute` checks the keyword options and calls the private
+    The public :meth:`attribute` checks the method's options and calls the private
     :meth:`_attribute` (as Captum's methods do).  A method provides its rules
     (:meth:`_rule_for`, :meth:`_op_rule`), its starting relevance (:meth:`_seed`) and, if
-    it has any, its keyword options (``_attribute_options``) and post-processing (by
-    overriding :meth:`_attribute`)."""
+    it has any, its options (``_attribute_options``) and post-processing (by overriding
+    :meth:`_attribute`).  Each subclass gets this ``attribute`` with its own signature (the
+    four common arguments, then its options; see :func:`_attribute_with_options`)."""
 
     method_name = "propagation"
     merge_batchnorm = False
