@@ -11,6 +11,13 @@ torchvision's ViT classes globally, so it runs in a subprocess on the same weigh
 input and times its gradient x input there next to its own unpatched forward+backward; its
 ratio is to that baseline.  Random weights (speed does not depend on them).  Targets for
 this issue: ViT-B/16 AttnLRP <= 2.0x, ConvNeXt-T and EfficientNet-B0 RAP <= 3.0x.
+
+The last column counts floating-point operations (matrix products and convolutions, torch's
+``flop_registry``, one example) relative to the forward+backward: a floor for the time ratio
+that no implementation of a method's rules goes below.  RAP's rule for a layer with signed
+inputs needs four forward products (both input-sign branches times ``W+`` and ``|W-|``) and
+four backward ones, so on networks whose layers mostly see signed inputs (ConvNeXt's layer
+norms and GELUs, EfficientNet's SiLUs and batch norms) its floor is about 4.5x.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ from pathlib import Path
 from typing import Callable, Dict, List
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
+from torch.utils.flop_counter import flop_registry
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_propagation import baselines, round_robin  # noqa: E402
@@ -100,6 +110,32 @@ def methods(model, names: List[str]) -> Dict[str, Callable]:
     return out
 
 
+class _FlopCounter(TorchDispatchMode):
+    """Counts the flops of every aten op torch's ``flop_registry`` knows (convolutions,
+    matrix products, attention), forward and backward alike."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        count = flop_registry.get(func._overloadpacket)
+        if count is not None:
+            def shape(v):
+                return v.shape if isinstance(v, torch.Tensor) else v
+            self.total += count(*tree_map(shape, args), **tree_map(shape, kwargs), out_val=tree_map(shape, out))
+        return out
+
+
+def flops(fn: Callable) -> int:
+    counter = _FlopCounter()
+    with counter:
+        fn()
+    return counter.total
+
+
 def lxt_times(model, x, t, repeat: int):
     """LXT's gradient x input on a patched copy, in a subprocess (None if not installed)."""
     try:
@@ -126,21 +162,32 @@ def bench(arch: str, batch: int, size: int, repeat: int) -> List[tuple]:
     for name, fn in methods(model, ARCHS[arch]).items():
         fns[name] = (lambda f: lambda: f(x, t))(fn)
     best, failed = round_robin(fns, repeat)
+    # flops of one example (the ratios do not depend on the batch)
+    one = {"forward+backward": baselines(model, x[:1], t[:1])["forward+backward"]}
+    for name, fn in methods(model, ARCHS[arch]).items():
+        one[name] = (lambda f: lambda: f(x[:1], t[:1]))(fn)
+    fl = {}
+    for name, fn in one.items():
+        try:
+            fl[name] = flops(fn)
+        except Exception:  # a failed method is reported by its timing row
+            fl[name] = float("nan")
     rows = []
     t_fb = best["forward+backward"]
     for name in fns:
         if name in failed:
-            rows.append((arch, batch, f"{name} (failed: {failed[name]})", float("nan"), float("nan")))
+            rows.append((arch, batch, f"{name} (failed: {failed[name]})", float("nan"), float("nan"), float("nan")))
         else:
-            rows.append((arch, batch, name, best[name], best[name] / t_fb))
+            rows.append((arch, batch, name, best[name], best[name] / t_fb, fl[name] / fl["forward+backward"]))
     if arch.startswith("vit"):
         lx = lxt_times(model, x, t, repeat)
         if lx is not None:
             for name, tm in lx.items():
                 if name != "forward+backward":
-                    rows.append((arch, batch, name, tm, tm / lx["forward+backward"]))
+                    rows.append((arch, batch, name, tm, tm / lx["forward+backward"], float("nan")))
     for row in rows:
-        print(f"  {row[0]} b{row[1]} {row[2]}: {row[3]:.3f}s ratio {row[4]:.2f}", file=sys.stderr, flush=True)
+        print(f"  {row[0]} b{row[1]} {row[2]}: {row[3]:.3f}s ratio {row[4]:.2f} flops {row[5]:.2f}",
+              file=sys.stderr, flush=True)
     return rows
 
 
@@ -165,10 +212,10 @@ def main(argv=None) -> int:
         rows += bench(arch, args.batch, args.size, args.repeat)
     print(f"\n{args.size} px, batch {args.batch}, float32, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, device cpu\n")
-    print("| model | batch | method | seconds | ratio to forward+backward |")
-    print("|---|---|---|---|---|")
-    for arch, b, name, tm, ratio in rows:
-        print(f"| {arch} | {b} | {name} | {tm:.3f} | {ratio:.2f} |")
+    print("| model | batch | method | seconds | ratio to forward+backward | flops / forward+backward |")
+    print("|---|---|---|---|---|---|")
+    for arch, b, name, tm, ratio, fr in rows:
+        print(f"| {arch} | {b} | {name} | {tm:.3f} | {ratio:.2f} | {fr:.2f} |")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Run by tests/test_datasets.py as a plain process or under torchrun: attribute (and
+"""Run by tests/datasets/test_datasets.py as a plain process or under torchrun: attribute (and
 evaluate) a few dozen Fashion-MNIST test images with a seeded tiny CNN.
 
 Usage: python _datasets_worker.py OUT [--method rap|lrp|cd] [--images N] [--shard-size S]

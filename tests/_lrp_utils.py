@@ -190,3 +190,32 @@ def rel_err(a: Tensor, b: Tensor) -> float:
     """max |a - b| / max |b| (the scale of the reference map)."""
     scale = float(b.abs().max())
     return float((a - b).abs().max()) / (scale if scale > 0 else 1.0)
+
+
+# ----------------------------------------------------------------------------------------
+# Plain-autograd references (exact for LRP-0 on bias- and shift-free ReLU networks)
+# ----------------------------------------------------------------------------------------
+
+
+def input_x_gradient(model, x, target):
+    """``x * d logit / d x`` by plain autograd."""
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(model(xg)[:, target].sum(), xg)
+    return x * g
+
+
+def activation_x_gradient(model, module, x, target, at_input=False):
+    """``h * d logit / d h`` at the output (or input) of ``module``, by plain autograd."""
+    store = {}
+
+    def hook(mod, args, out):
+        store["h"] = args[0] if at_input else out
+
+    handle = module.register_forward_hook(hook)
+    try:
+        out = model(x)
+    finally:
+        handle.remove()
+    h = store["h"]
+    (g,) = torch.autograd.grad(out[:, target].sum(), h)
+    return (h * g).detach()

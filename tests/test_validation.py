@@ -1,7 +1,8 @@
-"""No silent wrong numbers (issue 16): hyper-parameters and preset keywords, the epsilon
-floor, calls under no_grad / inference_mode, compiled and TorchScript models, CD's masks
-and targets, the metrics on NaN maps, train-mode models left unchanged by every entry point,
-and the RAP figures on all-zero / NaN maps and their colours."""
+"""No silent wrong numbers (issue 16): hyper-parameters (the preset keywords are in
+``rules/test_composites.py``), the epsilon floor, calls under no_grad / inference_mode,
+compiled and TorchScript models, CD's masks and targets, the metrics on NaN maps, train-mode
+models left unchanged by every entry point, and the RAP figures on all-zero / NaN maps and
+their colours."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from torch import nn  # noqa: E402
 
 from captum_rap import ACD, CD, CLRP, LRP, RAP, SGLRP, LayerLRP  # noqa: E402
 from captum_rap import rules as R  # noqa: E402
-from captum_rap.composites import get_composite  # noqa: E402
 from captum_rap.metrics import region_perturbation, relevance_distribution  # noqa: E402
 
 DT = torch.float64
@@ -44,42 +44,7 @@ def images(n=2, seed=1):
 
 
 # --------------------------------------------------------------------------- hyper-parameters
-def test_misspelt_preset_keyword_is_an_error():
-    m = cnn()
-    with pytest.raises(TypeError, match="gama"):
-        LRP(m, "epsilon_gamma_box", gama=2.0)
-    with pytest.raises(TypeError, match="epsilom"):
-        CLRP(m, epsilom=0.1)
-    with pytest.raises(TypeError, match="stabiliser"):
-        SGLRP(m, "zplus_box", stabiliser=1e-3)
-    with pytest.raises(TypeError, match="only apply to preset names"):
-        get_composite(get_composite("epsilon"), epsilon=0.1)
-
-
-def test_keyword_of_another_preset_warns_and_changes_nothing():
-    m, x = cnn(), images()
-    base = LRP(m, "epsilon_plus").attribute(x, target=1)
-    with pytest.warns(UserWarning, match="does not use 'high', 'low'"):
-        lrp = LRP(m, "epsilon_plus", low=-3.0, high=3.0)
-    assert torch.equal(lrp.attribute(x, target=1), base)
-    with pytest.warns(UserWarning, match="'gamma'"):
-        LRP(m, "zplus", gamma=0.5)
-    # a keyword the preset takes changes the map (gamma acts on the second convolution)
-    torch.manual_seed(0)
-    m2 = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
-                       nn.Flatten(), nn.Linear(4 * 8 * 8, 5)).double().eval()
-    assert not torch.allclose(LRP(m2, "epsilon_gamma_box", gamma=2.0).attribute(x, target=1),
-                              LRP(m2, "epsilon_gamma_box").attribute(x, target=1))
-
-
-def test_preset_keywords_are_listed():
-    from captum_rap.composites import preset_keywords
-
-    assert preset_keywords("epsilon") == ["epsilon"]
-    assert set(preset_keywords("epsilon_gamma_box")) == {"epsilon", "stabilizer", "gamma", "low", "high"}
-    assert "bias" in preset_keywords()
-
-
+# (the preset keywords are checked in rules/test_composites.py)
 BAD_VALUES = [
     (lambda: R.Epsilon(NAN), ValueError), (lambda: R.Epsilon(-1e-3), ValueError), (lambda: R.Epsilon(INF), ValueError),
     (lambda: R.Epsilon("0.1"), TypeError), (lambda: R.Gamma(gamma=NAN), ValueError),

@@ -246,7 +246,7 @@ for arch in ("convnext_tiny", "efficientnet_b0"):
 # recovered (the sum is just as far off in float64).  For CNNs prefer the CNN presets
 # (`epsilon_gamma_box`, `epsilon_plus`); `attnlrp` / `cp_lrp` are for transformers.  Which
 # presets conserve on which architectures, on bias-free float64 copies, is tested in
-# `tests/test_modern_architectures.py` for the smallest member of every torchvision family;
+# `tests/architectures/test_modern_architectures.py` for the smallest member of every torchvision family;
 # `benchmarks/sweep_torchvision.py` runs all 80 classifiers.
 
 # %% [markdown]

@@ -16,7 +16,7 @@ from torch import nn
 
 from captum_rap import CLRP, LRP, RAP, SGLRP
 
-from test_model_integrity import assert_unchanged, snapshot
+from _integrity import assert_unchanged, snapshot
 
 transformers = pytest.importorskip("transformers")
 

@@ -431,6 +431,6 @@ def test_insights_bad_port():
 
 
 def test_gitignore_lists_outputs():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/cli/ -> root
     lines = open(os.path.join(root, ".gitignore"), encoding="utf-8").read().split()
     assert "captum_rap_demo/" in lines and "tutorials/_out/" in lines

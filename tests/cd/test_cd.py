@@ -16,7 +16,7 @@ from captum_rap._core.cd import CD, UnsupportedOperationError, spans_to_masks
 
 from _acd_reference import acd_reference
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"  # tests/cd/ -> ../shared
 
 
 def _fixture(name):

@@ -38,8 +38,7 @@ from captum_rap.datasets._common import ProcessGroup, my_shards
 from captum_rap.metrics import region_perturbation
 from captum_rap.zoo import FMNIST_MEAN, FMNIST_STD, fashion_mnist_test_subset
 
-HERE = Path(__file__).resolve().parent
-WORKER = str(HERE / "_datasets_worker.py")
+WORKER = str(Path(__file__).resolve().parents[1] / "_datasets_worker.py")  # tests/_datasets_worker.py
 FORMATS = ["npz"] + (["safetensors"] if S.have_safetensors() else [])
 N, SHARD, BATCH = 36, 8, 4          # 5 shards: 8, 8, 8, 8, 4 images
 

@@ -41,8 +41,8 @@ import torch
 
 from captum_rap import CLRP, LRP, RAP, SGLRP, LayerLRP, LayerRAP
 
+from _integrity import assert_unchanged, snapshot
 from _lrp_utils import portable_init
-from test_model_integrity import assert_unchanged, snapshot
 
 torchvision = pytest.importorskip("torchvision")
 models = torchvision.models

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/tutorials/ -> root
 TUTORIALS = os.path.join(ROOT, "tutorials")
 
 # figures each tutorial must write (fast mode), and a line its output must contain

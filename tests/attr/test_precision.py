@@ -21,7 +21,7 @@ from torch import nn
 
 from captum_rap import CLRP, LRP, RAP, SGLRP, LayerLRP, LayerRAP
 
-from test_model_integrity import assert_unchanged, snapshot
+from _integrity import assert_unchanged, snapshot
 
 
 class Normalize(nn.Module):

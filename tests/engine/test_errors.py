@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from captum_rap import LRP, UnsupportedOperationError
-from captum_rap.composites import PRESETS
 
 
 class Wrapped(nn.Module):
@@ -115,16 +114,6 @@ def test_output_relevance_of_wrong_shape(shape):
         LRP(model).attribute(torch.randn(2, 4), output_relevance=torch.ones(shape))
     with pytest.raises(ValueError, match="shape"):
         LRP(model).attribute(torch.randn(2, 4), output_relevance=lambda out: torch.ones(shape))
-
-
-def test_unknown_preset_lists_presets():
-    model = nn.Sequential(nn.Linear(4, 3)).eval()
-    with pytest.raises(ValueError) as info:
-        LRP(model, composite="epsilon_plus_plus")
-    msg = str(info.value)
-    assert "epsilon_plus_plus" in msg
-    for name in PRESETS:
-        assert name in msg
 
 
 def test_train_mode_batchnorm_refused():

@@ -28,7 +28,7 @@ from _lrp_utils import portable_init, rel_err
 
 pytest.importorskip("lxt", reason="LXT is installed by .ci/run (pip install --no-deps lxt)")
 torchvision = pytest.importorskip("torchvision")
-REFERENCE = str(Path(__file__).with_name("_lxt_reference.py"))
+REFERENCE = str(Path(__file__).resolve().parents[1] / "_lxt_reference.py")  # tests/_lxt_reference.py
 
 
 def _run_reference(*args: str) -> None:

@@ -351,3 +351,13 @@ def test_rap_with_captum_noise_tunnel_and_sensitivity():
     ratio = (pmaps - base[owner]).flatten(1).norm(dim=1) / base[owner].flatten(1).norm(dim=1)
     want = torch.stack([ratio[owner == k].max() for k in range(2)])
     assert torch.allclose(sens.double(), want, rtol=1e-6, atol=0)
+
+
+# regression (audit, session 5): LayerRAP with attribute_to_layer_input=True on the input layer returned relevance x input
+def test_layer_rap_at_input_layer_input_equals_rap():
+    torch.manual_seed(2)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).double().eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    full = RAP(m).attribute(x, target=[0, 2])
+    lay = LayerRAP(m, m[0]).attribute(x, target=[0, 2], attribute_to_layer_input=True)
+    assert rel_err(lay, full) < 1e-12
