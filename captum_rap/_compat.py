@@ -6,22 +6,17 @@ such import lives here; if a Captum release moves one, only this module changes.
 
 from captum._utils.common import (  # noqa: F401
     _expand_additional_forward_args,
-    _expand_target,
     _format_additional_forward_args,
     _format_output,
     _format_tensor_into_tuples,
     _is_tuple,
-    _run_forward,
     _select_targets,
-    _validate_target,
 )
 from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric  # noqa: F401
 from captum.attr._utils.attribution import (  # noqa: F401
     Attribution,
     GradientAttribution,
-    LayerAttribution,
 )
-from captum.attr._utils.common import _sum_rows  # noqa: F401
 from captum.attr._utils.lrp_rules import (  # noqa: F401
     Alpha1_Beta0_Rule as CaptumAlpha1Beta0Rule,
     EpsilonRule as CaptumEpsilonRule,

@@ -6,6 +6,11 @@ r"""The model-parameter randomisation test (public through :mod:`captum_rap.metr
   (:func:`~captum_rap._similarity.map_similarities`) between the maps of the original and
   of the randomised model.  The model is randomised in place and restored exactly.
 * :func:`plot_parameter_randomization`: the familiar "sanity check" figure.
+
+Why one module of slightly more than 600 lines: the snapshot / restore of the model, the
+grouping of its layers, the randomisation and the test loop are one procedure whose parts
+share private state (the snapshot guarantees the model is restored, also on errors); the
+figure (about 80 lines) is kept next to the result type it draws.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ._compat import TargetType
-from ._similarity import _check_similarities, _prepare, map_similarities
+from ._similarity import _as_single, _check_similarities, _prepare, map_similarities
 
 __all__ = ["parameter_randomization", "ParameterRandomizationResult", "plot_parameter_randomization"]
 
@@ -264,17 +269,9 @@ class ParameterRandomizationResult:
         return torch.nanmean(self.similarity[name], dim=1)
 
 
-def _as_single(inputs: Any, who: str) -> Tensor:
-    if isinstance(inputs, (tuple, list)):
-        if len(inputs) != 1:
-            raise TypeError(f"{who}: inputs must be one tensor (or a 1-tuple), got {len(inputs)} tensors")
-        inputs = inputs[0]
-    if not isinstance(inputs, Tensor):
-        raise TypeError(f"{who}: inputs must be a Tensor, got {type(inputs).__name__}")
-    return inputs
-
-
 def _forward(model: Callable, x: Tensor, args: Any) -> Tensor:
+    """``model(x, *args)`` (``args``: None, a tuple or one argument); the first element of
+    a tuple / list output.  Shared by the sanity checks, CSC and the perturbation metrics."""
     if args is None:
         out = model(x)
     elif isinstance(args, tuple):

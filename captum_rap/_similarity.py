@@ -6,7 +6,7 @@ maps, SSIM of the normalised absolute maps, top-k intersection; batched, float64
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -75,14 +75,19 @@ def _ssim(a: Tensor, b: Tensor, sigma: float = 1.5, truncate: float = 3.5) -> Te
     return s.flatten(1).mean(1)
 
 
+def _as_single(value: Any, who: str, what: str = "inputs") -> Tensor:
+    """One tensor given alone or as a 1-tuple / 1-list; TypeError naming ``what`` otherwise."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 1:
+            raise TypeError(f"{who}: {what} must be one tensor (or a 1-tuple), got {len(value)} tensors")
+        value = value[0]
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{who}: {what} must be a Tensor, got {type(value).__name__}")
+    return value
+
+
 def _prepare(maps: Union[Tensor, Tuple[Tensor, ...]], sum_channels: bool, who: str) -> Tensor:
-    if isinstance(maps, (tuple, list)):
-        if len(maps) != 1:
-            raise TypeError(f"{who}: maps must be one tensor (or a 1-tuple), got {len(maps)} tensors")
-        maps = maps[0]
-    if not isinstance(maps, Tensor):
-        raise TypeError(f"{who}: maps must be a Tensor, got {type(maps).__name__}")
-    m = maps.detach().to(torch.float64)
+    m = _as_single(maps, who, "maps").detach().to(torch.float64)
     if m.dim() < 2:
         raise ValueError(f"{who}: maps must be batch first with at least one feature axis, got shape "
                          f"{tuple(m.shape)}")

@@ -59,7 +59,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 from ._engine import LayerInfo
 from .rules import (AlphaBeta, AttnLRPSoftmax, ConstantSoftmax, Epsilon, Flat, Gamma, PassThrough,
-                    RelevanceFilter, Rule, SignalTakeAll, Uniform, ZBox, ZPlus, from_captum_rule)
+                    RelevanceFilter, SignalTakeAll, Uniform, ZBox, ZPlus, from_captum_rule)
 
 __all__ = ["Composite", "PRESETS", "get_composite", "preset_keywords", "with_relevance_filter",
            "FilteredComposite"]
@@ -254,10 +254,6 @@ def get_composite(composite: Union[str, Composite, None] = None, relevance_filte
                           f"{', '.join(own) or 'none'}); ignored", UserWarning, stacklevel=3)
         return PRESETS[key](**{k: v for k, v in kwargs.items() if k in own})
     raise TypeError(f"composite must be a preset name or a Composite, got {type(composite).__name__}")
-
-
-def is_rule(obj: Any) -> bool:
-    return isinstance(obj, Rule)
 
 
 class FilteredComposite(Composite):

@@ -34,6 +34,12 @@ reads as one rule with a branch per form:
 * **local form** (images, default mode): the relevant part kept as boxes around each
   mask (:mod:`.local`, rules in :mod:`.local_rules`); an operation without a local rule
   materializes the dense relevant part and goes on in the total form.
+
+Why one module of more than 600 lines: the tensor types, the dispatch, the three computing
+forms' bookkeeping (fields set by the constructors and read by the dispatch), the shared
+total and the handler registry are one mechanism whose parts read each other's private
+fields; splitting them would make those fields cross-module API.  The rules are in the
+family modules listed above.
 """
 
 from __future__ import annotations
@@ -175,11 +181,16 @@ class CDTensor(torch.Tensor):
         sec = irr if tot is None else tot
         if rel.shape != sec.shape:  # views: a total may stay expanded (stride 0)
             rel, sec = torch.broadcast_tensors(rel, sec)
-        t = torch.Tensor._make_subclass(cls, _face(rel), False)
-        t._relv = rel
-        t._loc = None
+        return cls._make(_face(rel), rel, None, sec, tot is not None, partial_view)
+
+    @classmethod
+    def _make(cls, face: torch.Tensor, relv: Optional[torch.Tensor], loc: Optional[LocalRel],
+              sec: torch.Tensor, is_tot: bool, partial_view: bool) -> "CDTensor":
+        t = torch.Tensor._make_subclass(cls, face, False)
+        t._relv = relv
+        t._loc = loc
         t._sec = sec
-        t._is_tot = tot is not None
+        t._is_tot = is_tot
         t._partial_view = partial_view
         t._pos = None
         t._nobias = None
@@ -192,17 +203,7 @@ class CDTensor(torch.Tensor):
         """Total form with the relevant part kept as boxes; ``tot1`` is one row of the
         total (1, C, H, W), expanded to the K masks."""
         tot = tot1.expand((loc.crop.shape[0],) + tuple(tot1.shape[1:]))
-        t = torch.Tensor._make_subclass(cls, _face(tot), False)
-        t._relv = None
-        t._loc = loc
-        t._sec = tot
-        t._is_tot = True
-        t._partial_view = False
-        t._pos = None
-        t._nobias = None
-        t._fam = [0]  # version of the data shared with its views (see _dispatch)
-        t._ver = 0
-        return t
+        return cls._make(_face(tot), None, loc, tot, True, False)
 
     @property
     def _rel(self) -> torch.Tensor:

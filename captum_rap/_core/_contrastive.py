@@ -20,7 +20,7 @@ import dataclasses
 from typing import Any, Callable, List, Optional, Tuple, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._compat import (
     TargetType,
@@ -31,8 +31,7 @@ from .._compat import (
     _is_tuple,
 )
 from .._engine import AffineOp, LayerInfo, safe_divide
-from ..composites import Composite, get_composite
-from ._propagation import PropagationAttribution, check_flag, check_rule_attributes, target_mask
+from ._propagation import CompositeAttribution, convergence_delta, per_example_sum, target_mask
 
 __all__ = ["ContrastiveAttribution", "NegatedOutputLayer"]
 
@@ -89,8 +88,12 @@ class NegatedOutputLayer:
         self.STABILITY_FACTOR = getattr(rule, "STABILITY_FACTOR", 1e-9)
 
     @property
-    def needs_input_layer(self) -> bool:
-        return bool(getattr(self.rule, "needs_input_layer", False))
+    def input_layer_only(self) -> bool:
+        return bool(getattr(self.rule, "input_layer_only", False))
+
+    @property
+    def needs_input_mask(self) -> bool:
+        return bool(getattr(self.rule, "needs_input_mask", False))
 
     @property
     def linear_in_relevance(self) -> bool:
@@ -130,33 +133,59 @@ def logit_target_mask(outputs: Tensor, target: TargetType, method: str) -> Tenso
     return target_mask(outputs, target, method)
 
 
-def per_example_sum(rel: Tuple[Tensor, ...], n: int) -> Tensor:
-    """Sum of relevance over all features of all inputs, per example, shape (N,)."""
-    return sum(r.reshape(n, -1).sum(1) for r in rel)
-
-
 def _bcast(v: Tensor, like: Tensor) -> Tensor:
     return v.view((-1,) + (1,) * (like.dim() - 1))
 
 
-class ContrastiveAttribution(PropagationAttribution):
-    """Base of CLRP and SGLRP: composite handling and the one-pass / stacked propagation."""
+class ContrastiveAttribution(CompositeAttribution):
+    """Base of CLRP and SGLRP: the one-pass / stacked propagation of a target and a dual
+    seed and the ``attribute`` body.  A method provides :meth:`seeds_for`,
+    :meth:`_needs_both_maps`, :meth:`_contrast` and :meth:`_finish` (and ``_top_layer``).
+    The constructor is :class:`~captum_rap.LRP`'s (composite, ``merge_batchnorm``,
+    ``dtype``); the methods pass their own default composite."""
 
     method_name = "contrastive"
+    _attribute_options = {"return_dual": False}
+    #: ``None`` or ``"negate"`` (CLRP2: the dual uses the negated output layer)
+    _top_layer: Optional[str] = None
 
-    def __init__(self, model: nn.Module, composite: Union[str, Composite, None] = "zplus_box",
-                 merge_batchnorm: bool = True, dtype: Optional[torch.dtype] = None,
-                 **composite_kwargs: Any) -> None:
-        super().__init__(model, dtype)
-        check_rule_attributes(self.model, type(self).__name__)
-        self.composite = get_composite(composite, **composite_kwargs)
-        self.merge_batchnorm = check_flag(type(self).__name__, "merge_batchnorm", merge_batchnorm)
+    # -- to be provided by the methods ----------------------------------------------------
+    def seeds_for(self, outputs: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
+        """The target and dual seeds ``(N, C)`` for logits ``outputs`` and a one-hot
+        ``mask`` of the target class."""
+        raise NotImplementedError
 
-    def _rule_for(self, info: LayerInfo) -> Any:
-        return self.composite.rule_for(info)
+    def _needs_both_maps(self) -> bool:
+        """Whether the combination needs ``R_target`` and ``R_dual`` separately (else only
+        their difference, one pass with the signed seed)."""
+        raise NotImplementedError
 
-    def _op_rule(self, kind: str) -> Any:
-        return self.composite.op_rule(kind)
+    def _contrast(self, maps: Tuple[Tensor, ...], dual: Tuple[Tensor, ...], diff: Tuple[Tensor, ...],
+                  n: int) -> Tuple[Tensor, ...]:
+        """The contrast from the two maps (stacked runs only); ``diff`` is ``maps - dual``."""
+        return diff
+
+    def _finish(self, contrast: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+        """Post-processing of the contrast (clipping)."""
+        return contrast
+
+    # -------------------------------------------------------------------------------------
+    def _attribute(self, inputs: Any, target: TargetType, additional_forward_args: Any,
+                   return_convergence_delta: bool, return_dual: bool = False) -> Any:
+        stacked = return_dual or self._needs_both_maps() or not self.base_is_linear()
+        with torch.enable_grad():
+            (maps, dual), outputs, st, sd, is_tuple = self._run(
+                inputs, target, additional_forward_args, self.seeds_for, stacked, top_layer=self._top_layer)
+        n = st.shape[0]
+        if stacked:
+            diff = tuple(a - b for a, b in zip(maps, dual))
+            contrast = self._contrast(maps, dual, diff, n)
+        else:
+            diff = contrast = maps
+        attr = self._finish(contrast)
+        # conservation error of the signed contrast (before clipping / normalising)
+        delta = convergence_delta(st - sd, diff) if return_convergence_delta else None
+        return self._pack(is_tuple, attr, dual, delta, return_dual, return_convergence_delta)
 
     def base_is_linear(self) -> bool:
         """Whether every rule that can be used is linear in the relevance (then the
@@ -242,13 +271,6 @@ class ContrastiveAttribution(PropagationAttribution):
             maps = (tuple(rel), None)
         # the last run's seeds (a run redone in float64 calls seed_fn again)
         return maps, outputs, seeds[-2], seeds[-1], is_tuple
-
-    @staticmethod
-    def _contrast_delta(diff: Tuple[Tensor, ...], seed_target: Tensor, seed_dual: Tensor) -> Tensor:
-        """``Σ(seed - dual seed) - Σ(R - R_dual)`` (Captum's ``LRP`` sign: output minus
-        attributions)."""
-        n = seed_target.shape[0]
-        return (seed_target - seed_dual).reshape(n, -1).sum(1) - per_example_sum(diff, n)
 
     def _pack(self, is_tuple: bool, attr: Tuple[Tensor, ...], dual: Optional[Tuple[Tensor, ...]],
               delta: Optional[Tensor], return_dual: bool, return_convergence_delta: bool):

@@ -1,14 +1,14 @@
-"""Shared plumbing of the propagation-based attributions (LRP, RAP, CLRP, SGLRP)."""
+"""Shared plumbing of the propagation-based attributions (LRP, RAP, CLRP, SGLRP): argument
+checks, the one ``attribute`` template, the layer mixin and the convergence delta (the
+precision handling is in :mod:`._precision`)."""
 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import inspect
 import numbers
 import warnings
-from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
-
-import math
+from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
 import torch
@@ -17,13 +17,18 @@ from torch import Tensor, nn
 from .._compat import (
     GradientAttribution,
     TargetType,
+    TensorOrTupleOfTensorsGeneric,
     _format_additional_forward_args,
     _format_output,
     _format_tensor_into_tuples,
     _is_tuple,
     _select_targets,
+    log_usage,
 )
 from .._engine import LayerInfo, Propagator
+from ._precision import (PRECISION_TOLERANCE, autocast_disabled, cast_floating, check_dtype, model_dtype,
+                         parameters_in, relative_error_estimate)
+from ..composites import Composite, get_composite
 
 SeedType = Union[None, Tensor, Callable[[Tensor], Tensor]]
 
@@ -58,96 +63,6 @@ def normal_tensor(t: Any) -> Any:
         with torch.inference_mode(False):
             return t.clone()
     return t
-
-
-# -- precision ------------------------------------------------------------------------------
-_HALF = (torch.float16, torch.bfloat16)
-
-#: Estimated relative error of the relevance sum above which a run is redone in float64
-#: (``dtype=None``) or a warning is given (an explicit ``dtype``).  The estimate is
-#: ``Σ|R_in| / Σ|seed| · eps(dtype)``: relevance that cancels in the sum carries rounding
-#: errors of the size of its mass.
-PRECISION_TOLERANCE = 1e-3
-
-
-def check_dtype(method: str, dtype: Any) -> Optional[torch.dtype]:
-    """``None`` (automatic) or the computation dtype of the relevance path."""
-    if dtype is None:
-        return None
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"{method}: dtype must be None (automatic), torch.float32 or torch.float64, "
-                         f"got {dtype!r} (half precision is never used on the relevance path)")
-    return dtype
-
-
-def model_dtype(model: nn.Module, inputs: Tuple[Any, ...]) -> torch.dtype:
-    """The floating dtype the model computes in: its first floating parameter or buffer,
-    else its first floating input, else torch's default."""
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        if t.is_floating_point():
-            return t.dtype
-    for t in inputs:
-        if isinstance(t, Tensor) and t.is_floating_point():
-            return t.dtype
-    return torch.get_default_dtype()
-
-
-@contextlib.contextmanager
-def parameters_in(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
-    """The model's floating parameters and buffers replaced by copies in ``dtype`` for the
-    duration (tied parameters stay tied, ``requires_grad`` kept); the original objects are
-    put back afterwards, also when the body raises, so the model is unchanged."""
-    saved: List[Tuple[dict, str, Tensor]] = []
-    copies: dict = {}
-    try:
-        for mod in model.modules():
-            for store, is_param in ((mod._parameters, True), (mod._buffers, False)):
-                for name, t in list(store.items()):
-                    if t is None or not t.is_floating_point() or t.dtype == dtype:
-                        continue
-                    new = copies.get(id(t))
-                    if new is None:
-                        data = t.detach().to(dtype)
-                        new = nn.Parameter(data, requires_grad=t.requires_grad) if is_param else data
-                        copies[id(t)] = new
-                    saved.append((store, name, t))
-                    store[name] = new
-        yield
-    finally:
-        for store, name, t in reversed(saved):
-            store[name] = t
-
-
-@contextlib.contextmanager
-def autocast_disabled(inputs: Tuple[Any, ...]) -> Iterator[None]:
-    """No autocast inside a propagation (it would run layers in half precision)."""
-    kinds = {"cpu"} | {t.device.type for t in inputs if isinstance(t, Tensor)}
-    with contextlib.ExitStack() as stack:
-        for kind in sorted(kinds):
-            try:
-                stack.enter_context(torch.autocast(device_type=kind, enabled=False))
-            except (RuntimeError, ValueError):  # a device type without autocast
-                pass
-        yield
-
-
-def cast_floating(values: Tuple[Any, ...], dtype: torch.dtype) -> Tuple[Any, ...]:
-    return tuple(v.to(dtype) if isinstance(v, Tensor) and v.is_floating_point() and v.dtype != dtype else v
-                 for v in values)
-
-
-def relative_error_estimate(rel: Tuple[Any, ...], seed: Tensor, dtype: torch.dtype) -> float:
-    """``max over examples of Σ|R_in| / Σ|seed| · eps(dtype)`` (inf for non-finite maps)."""
-    n = seed.shape[0]
-    mass = torch.zeros(n, dtype=torch.float64, device=seed.device)
-    for r in rel:
-        if isinstance(r, Tensor) and r.is_floating_point() and r.shape[:1] == seed.shape[:1]:
-            mass = mass + r.detach().abs().reshape(n, -1).sum(1, dtype=torch.float64)
-    if not bool(torch.isfinite(mass).all()):
-        return math.inf
-    ref = seed.detach().abs().reshape(n, -1).sum(1, dtype=torch.float64)
-    ratio = torch.where(ref > 0, mass / ref.clamp(min=torch.finfo(torch.float64).tiny), torch.zeros_like(mass))
-    return float(ratio.max()) * torch.finfo(dtype).eps if n else 0.0
 
 
 def check_rule_attributes(model: nn.Module, method: str) -> None:
@@ -283,11 +198,48 @@ def target_mask(outputs: Tensor, target: TargetType, method: str) -> Tensor:
     return mask
 
 
+def per_example_sum(rel: Tuple[Any, ...], n: int) -> Tensor:
+    """Sum of the floating relevance tensors of ``rel`` over all their features, per example
+    (shape ``(n,)``)."""
+    return sum(r.reshape(n, -1).sum(1) for r in rel if isinstance(r, Tensor) and r.is_floating_point())
+
+
+def convergence_delta(seed: Tensor, rel: Tuple[Any, ...]) -> Tensor:
+    """``Σ seed − Σ relevance`` per example: the one convergence delta of every propagation
+    method (Captum's ``LRP`` convention: output minus the sum of the attributions)."""
+    n = seed.shape[0]
+    return seed.reshape(n, -1).sum(1) - per_example_sum(rel, n)
+
+
+def check_layers(model: nn.Module, layer: Any, method: str) -> Any:
+    """``layer`` (a submodule of ``model``) or a non-empty list of submodules."""
+    layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+    if not layers:
+        raise ValueError(f"{method}: the list of layers is empty")
+    owned = {id(m) for m in model.modules()}
+    for m in layers:
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"{method}: layer must be an nn.Module or a list of them, got {type(m).__name__}")
+        if id(m) not in owned:
+            raise ValueError(f"{method}: the layer {type(m).__name__} is not a submodule of the model")
+    return layers if isinstance(layer, (list, tuple)) else layer
+
+
 class PropagationAttribution(GradientAttribution):
-    """Base class: runs the engine with a rule chooser and a seed."""
+    """Base class of the propagation methods and the one ``attribute`` template.
+
+    The public :meth:`attribute` checks the method's options and calls the private
+    :meth:`_attribute` (as Captum's methods do).  A method provides its rules
+    (:meth:`_rule_for`, :meth:`_op_rule`), its starting relevance (:meth:`_seed`) and, if
+    it has any, its options (``_attribute_options``) and post-processing (by overriding
+    :meth:`_attribute`).  Each subclass gets this ``attribute`` with its own signature (the
+    four common arguments, then its options; see :func:`_attribute_with_options`)."""
 
     method_name = "propagation"
     merge_batchnorm = False
+    #: the method's keyword options of :meth:`attribute` beyond the four common arguments,
+    #: with their defaults
+    _attribute_options: Dict[str, Any] = {}
 
     def __init__(self, model: nn.Module, dtype: Optional[torch.dtype] = None) -> None:
         model = unwrap_model(model, type(self).__name__)
@@ -299,6 +251,11 @@ class PropagationAttribution(GradientAttribution):
         self._runs = 0  # propagations started (layer methods keep the last run's relevances)
         self._result_dtype: torch.dtype = torch.float32
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "attribute" not in cls.__dict__:
+            cls.attribute = _attribute_with_options(cls)  # type: ignore[method-assign]
+
     @property
     def multiplies_by_inputs(self) -> bool:
         return True
@@ -308,6 +265,81 @@ class PropagationAttribution(GradientAttribution):
 
     def attribute_future(self) -> Callable:
         raise NotImplementedError(f"{type(self).__name__} has no asynchronous (future) variant")
+
+    @overload
+    def attribute(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        *,
+        return_convergence_delta: Literal[True],
+        **options: Any,
+    ) -> Tuple[TensorOrTupleOfTensorsGeneric, Tensor]: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_convergence_delta: Literal[False] = False,
+        **options: Any,
+    ) -> TensorOrTupleOfTensorsGeneric: ...
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_convergence_delta: bool = False,
+        **options: Any,
+    ) -> Union[TensorOrTupleOfTensorsGeneric, Tuple[TensorOrTupleOfTensorsGeneric, Tensor]]:
+        r"""Relevance of every input feature (of the layer, for the layer methods) for the
+        target output.
+
+        Args:
+            inputs (Tensor or tuple of Tensor): model input(s), batch first.
+            target (int, tuple, Tensor or list, optional): output index per Captum's
+                conventions.  ``None``: the single output per example, or the predicted
+                class for (N, C) outputs.
+            additional_forward_args (Any, optional): extra arguments passed to the model
+                after the inputs (they carry no relevance).
+            return_convergence_delta (bool, optional): also return, per example, the
+                starting relevance minus the sum of the attributions (Captum's ``LRP``
+                convention: output minus attributions).
+            **options: the method's own keyword options, listed under "Keyword options of
+                ``attribute``" in its class docstring (e.g. ``output_relevance`` for
+                :class:`~captum_rap.LRP`, ``return_dual`` for :class:`~captum_rap.CLRP`).
+                Any other keyword raises ``TypeError``.
+
+        Returns:
+            *Tensor* or *tuple of Tensor* of the inputs' shapes (of the layer's, for the
+            layer methods), then what the method's options add, then the delta (shape
+            ``(N,)``) if ``return_convergence_delta``.
+
+        Examples::
+
+            >>> attr = LRP(model, "epsilon_plus").attribute(x, target=281)
+            >>> attr, delta = RAP(model).attribute(x, target=3, return_convergence_delta=True)
+        """
+        for name in options:
+            if name not in self._attribute_options:
+                raise TypeError(f"{type(self).__name__}.attribute() got an unexpected keyword argument {name!r}")
+        return self._attribute(inputs, target, additional_forward_args, return_convergence_delta,
+                               **{**self._attribute_options, **options})
+
+    def _attribute(self, inputs: Any, target: TargetType, additional_forward_args: Any,
+                   return_convergence_delta: bool, output_relevance: SeedType = None) -> Any:
+        """One propagation from :meth:`_seed` (or ``output_relevance``) to the inputs."""
+        with torch.enable_grad():
+            rel, outputs, seed, is_tuple = self._propagate(inputs, target, additional_forward_args,
+                                                           output_relevance)
+        out = _format_output(is_tuple, self._to_result(tuple(rel)))
+        if return_convergence_delta:
+            return out, self._to_result(convergence_delta(seed, rel))
+        return out
 
     # -- to be provided by subclasses ----------------------------------------------------
     def _rule_for(self, info: LayerInfo) -> Any:
@@ -389,23 +421,103 @@ class PropagationAttribution(GradientAttribution):
             return value.to(self._result_dtype)
         return value
 
-    @staticmethod
-    def _delta(rel: Tuple[Tensor, ...], seed: Tensor) -> Tensor:
-        """``Σ seed − Σ relevance`` per example (Captum's LRP convention: output minus the sum
-        of the attributions)."""
-        n = seed.shape[0]
-        total = sum(r.reshape(n, -1).sum(1) for r in rel if isinstance(r, Tensor) and r.is_floating_point())
-        return seed.reshape(n, -1).sum(1) - total
-
     def compute_convergence_delta(self, attributions, output: Tensor) -> Tensor:  # type: ignore[override]
         """``output − Σ attributions`` per example (Captum's ``LRP`` convention)."""
-        attributions = _format_tensor_into_tuples(attributions)
-        n = output.shape[0]
-        total = sum(a.reshape(n, -1).sum(1) for a in attributions)
-        return output.reshape(n, -1).sum(1) - total
+        return convergence_delta(output, _format_tensor_into_tuples(attributions))
 
-    def _format(self, rel, outputs, seed, is_inputs_tuple, return_convergence_delta):
-        out = _format_output(is_inputs_tuple, self._to_result(tuple(rel)))
-        if return_convergence_delta:
-            return out, self._to_result(self._delta(rel, seed))
-        return out
+
+def _attribute_with_options(cls: type) -> Callable:
+    """``PropagationAttribution.attribute`` with ``cls``'s signature: the common arguments
+    followed by the method's options (``cls._attribute_options``), so that the arguments
+    bind as in a hand-written ``attribute`` (positional or keyword; unknown keyword ->
+    TypeError) and ``inspect.signature`` shows what the method takes."""
+    template = PropagationAttribution.attribute.__wrapped__  # type: ignore[attr-defined]  (without log_usage)
+    template_sig = inspect.signature(template)
+    params = [p for p in template_sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+    params += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
+               for name, default in cls._attribute_options.items()]  # type: ignore[attr-defined]
+    sig = template_sig.replace(parameters=params)
+
+    def attribute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            bound = sig.bind(self, *args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{type(self).__name__}.attribute() {exc}") from None
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        del arguments["self"]
+        return template(self, **arguments)
+
+    attribute.__signature__ = sig  # type: ignore[attr-defined]
+    attribute.__doc__ = template.__doc__
+    attribute.__module__ = cls.__module__
+    attribute.__qualname__ = f"{cls.__qualname__}.attribute"
+    # as a hand-written Captum method: decorated, with the undecorated function as
+    # ``__wrapped__`` (Captum's NoiseTunnel calls ``attribute.__wrapped__``)
+    return log_usage()(attribute)
+
+
+class CompositeAttribution(PropagationAttribution):
+    """Base of the methods whose rules come from a composite (LRP, CLRP, SGLRP): the
+    composite, ``merge_batchnorm`` and the check of ``module.rule`` attributes.  The
+    arguments are documented on :class:`~captum_rap.LRP`."""
+
+    def __init__(self, model: nn.Module, composite: Union[str, Composite, None] = "epsilon",
+                 merge_batchnorm: bool = True, dtype: Optional[torch.dtype] = None,
+                 **composite_kwargs: Any) -> None:
+        super().__init__(model, dtype)
+        check_rule_attributes(self.model, type(self).__name__)
+        self.composite = get_composite(composite, **composite_kwargs)
+        self.merge_batchnorm = check_flag(type(self).__name__, "merge_batchnorm", merge_batchnorm)
+
+    def _rule_for(self, info: LayerInfo) -> Any:
+        return self.composite.rule_for(info)
+
+    def _op_rule(self, kind: str) -> Any:
+        return self.composite.op_rule(kind)
+
+
+class LayerPropagationMixin:
+    """The layer variant of a propagation method (``LayerLRP``, ``LayerRAP``): the relevance
+    the propagation carries at the output (or input) of ``self.layer`` (a module or a list
+    of them, all from one propagation), instead of at the model inputs.  Put it before the
+    method in the bases and set ``self.layer`` with :func:`check_layers`; it adds the
+    ``attribute_to_layer_input`` option."""
+
+    layer: Any
+
+    def _attribute(self, inputs: Any, target: TargetType, additional_forward_args: Any,
+                   return_convergence_delta: bool, attribute_to_layer_input: bool = False,
+                   output_relevance: SeedType = None) -> Any:
+        method: Any = self
+        check_flag(method.method_name, "attribute_to_layer_input", attribute_to_layer_input)
+        layer = self.layer
+        layers = list(layer) if isinstance(layer, list) else [layer]
+        collected: List[List[Tuple[int, Tensor]]] = [[] for _ in layers]
+
+        def make_callback(store: List[Tuple[int, Tensor]]) -> Callable[[Tensor], None]:
+            def callback(r: Tensor) -> None:
+                if store and store[0][0] != method._runs:  # a run redone in float64 replaces the first
+                    store.clear()
+                store.append((method._runs, r.detach()))
+            return callback
+
+        with torch.enable_grad():
+            _, outputs, seed, _ = method._propagate(
+                inputs, target, additional_forward_args, output_relevance,
+                layer_hooks=[(m, make_callback(c), attribute_to_layer_input) for m, c in zip(layers, collected)])
+        rels: List[Tensor] = []
+        for m, c in zip(layers, collected):
+            if not c:
+                raise ValueError(f"{method.method_name}: the layer {type(m).__name__} was not called in the "
+                                 "forward pass or its activation carries no relevance")
+            shapes = {tuple(t.shape) for _, t in c}
+            if len(shapes) != 1:
+                raise ValueError(f"{method.method_name}: the layer {type(m).__name__} was called {len(c)} times "
+                                 f"with different shapes {sorted(shapes)}")
+            rels.append(torch.stack([t for _, t in c]).sum(0))
+        deltas = method._to_result([convergence_delta(seed, (r,)) for r in rels])
+        rels = method._to_result(rels)
+        if not isinstance(layer, list):
+            return (rels[0], deltas[0]) if return_convergence_delta else rels[0]
+        return (rels, deltas) if return_convergence_delta else rels

@@ -1,4 +1,10 @@
-"""Contextual decomposition (CD) as a Captum ``Attribution``."""
+"""Contextual decomposition (CD) as a Captum ``Attribution``.
+
+Why one module of more than 600 lines: it is one method, as in Captum's ``_core`` (one
+method per file); the ``CD`` class alone is about 560 lines of argument checks, batching of
+the masks and the precision / batching checks that guard its numbers, which share the
+instance's state.  The decomposition rules themselves are in :mod:`captum_rap._cd`.
+"""
 
 from __future__ import annotations
 
@@ -109,62 +115,37 @@ class CD(Attribution):
     ``rel + irr`` equal to the true activation at every layer.  The relevant part of the
     output logits is the CD score of the masked feature group.
 
-    The decomposition follows the **whole** forward pass of an unchanged model: the input
-    is wrapped in a tensor subclass that intercepts every torch function (modules,
-    ``torch.nn.functional`` calls, ``+`` of residual branches, ``torch.cat``, reshapes,
-    in-place activations).  Supported: ``conv1d/2d/3d`` (and transposed), ``linear``,
-    ``batch_norm`` (eval), every element-wise activation (the ReLU family, ``sigmoid``,
-    ``tanh``, ``silu``, ``gelu``, ``hardswish``, ``hardsigmoid``, ``elu``, ``selu``,
-    ``softplus``, ``mish``, ...; in-place forms never mutate), ``layer_norm``,
-    ``group_norm``, ``instance_norm``, ``rms_norm``, ``normalize``, max / avg / adaptive
-    pooling, dropout (identity), ``pad``, ``cat``/``stack``, ``masked_fill``, sums and
-    differences, products with constants and of two decomposed tensors (``mul``,
-    ``matmul``, ``bmm``, ``einsum``, ``glu``), softmax attention,
-    ``scaled_dot_product_attention``, ``nn.MultiheadAttention``, all shape operations,
-    ``embedding``, ``nn.LSTM`` and ``nn.GRU`` (any number of layers, bidirectional,
-    ``batch_first``): every torchvision classifier, ``nn.TransformerEncoder`` and Hugging
-    Face BERT-style text models.  Anything else touching a decomposed tensor (``exp``,
-    ``pow``, ``log_softmax``, ...) raises :class:`UnsupportedOperationError` naming the
-    function and the module.
+    The decomposition follows the **whole** forward pass of an unchanged model (the input
+    is wrapped in a tensor subclass that intercepts every torch function: modules,
+    functional calls, residual ``+``, ``cat``, reshapes, in-place activations).  Supported:
+    convolutions and ``linear``, batch norm (eval), every element-wise activation, layer /
+    group / instance / RMS norm, pooling, dropout, padding, concatenation, sums, products
+    (``mul``, ``matmul``, ``einsum``, ...), softmax attention (``scaled_dot_product_attention``,
+    ``nn.MultiheadAttention``), shape operations, ``embedding``, ``nn.LSTM`` and ``nn.GRU``:
+    every torchvision classifier, ``nn.TransformerEncoder`` and Hugging Face BERT-style text
+    models.  Anything else touching a decomposed tensor (``exp``, ``pow``, ...) raises
+    :class:`UnsupportedOperationError` naming the function and the module.
 
-    Rules (each module of ``captum_rap._cd`` documents its rule and source):
+    Rules (each module of ``captum_rap._cd`` documents its rule and source): biases split
+    in proportion to ``|W rel|`` (reference ``acd``); activations ``rel' = f(rel)``,
+    ``irr' = f(rel + irr) - f(rel)``; normalisation statistics and softmax attention
+    weights of the total held as constants (CD-T); products of two decomposed tensors keep
+    ``rel' = a_rel * b_rel`` and give every term with an irrelevant factor to ``irr``;
+    constants added to a decomposed tensor go to ``irr``.
 
-    * affine layers (reference ``acd``): bias of conv / linear split between the parts
-      proportionally to ``(|W rel| + 1e-20) / (|W rel| + |W irr| + 2e-20)``; batch norm's
-      shift split with ``|r| / (|r| + |i|)`` (``0/0``: all to ``irr``);
-    * element-wise activations ``f`` (reference ``acd``'s ReLU rule, generalised):
-      ``rel' = f(rel)``, ``irr' = f(rel + irr) - f(rel)``;
-    * max pooling: both parts move with the arg-max of the sum; a constant added to a
-      decomposed tensor goes to ``irr``;
-    * normalisations: statistics (mean, variance, norm) of the total activation held as
-      constants (CD-T's layer norm), centering and weight applied to each part, the bias
-      split as a linear layer's;
-    * products of two decomposed tensors: ``rel' = a_rel * b_rel``, every term with an
-      irrelevant factor to ``irr`` (the reference LSTM's gate products);
-    * softmax attention (CD-T, Hsu et al., ICLR 2025): the attention weights of the total
-      held as constants, so the output is linear in the values (``P v_rel``, ``P v_irr``);
-      a softmax used otherwise raises;
-    * token models: ``rel = m_t E[x_t]``; position / segment embeddings added to the token
-      embeddings belong to the token at their position (CD-T), so the whole sentence is
-      all relevant; LSTM: the reference rules; GRU: the same conventions (see
-      :mod:`captum_rap._cd.lstm`).
-
-    Cost: the irrelevant part is never propagated on its own.  The decomposition carries
-    ``rel`` and the total ``rel + irr``, which is the model's own activation for the
-    unmasked input: it is computed once per forward (one image), so K masks cost about
-    one forward of K images plus one.  For image inputs the relevant part of a small mask
-    is computed only inside the box it can influence (see ``local``).
+    Cost: ``rel`` and the total ``rel + irr`` (the model's own activation, computed once per
+    forward) are propagated, so K masks cost about one forward of K + 1 images; for image
+    inputs a small mask's relevant part is computed only inside the box it can influence
+    (``local``).  Measured costs and precision are in ``benchmarks/RESULTS_cd.md``.
 
     Text models: pass integer token ids; the masks are over token positions and the
-    decomposition starts at the embedding (``rel = m_t * E[x_t]``).  Any model built as
-    ``embedding -> nn.LSTM / nn.TransformerEncoder / BERT layers -> (indexing / pooling)
-    -> linear head`` works unchanged, e.g.::
+    decomposition starts at the embedding (``rel = m_t * E[x_t]``; position / segment
+    embeddings belong to the token at their position).  Use ``batch_dim=1`` for
+    sequence-first models such as::
 
         def forward(self, text):              # text: (T, B) token ids, sequence first
             out, _ = self.lstm(self.embed(text))
             return self.hidden_to_label(out[-1])
-
-    use ``batch_dim=1`` for such sequence-first models.
 
     Args:
         model (nn.Module or callable): the classifier, used unchanged (never switched to
@@ -180,10 +161,8 @@ class CD(Attribution):
         batch_size (int, optional): number of masks per forward (each forward carries
             ``batch_size`` relevant parts and one total; in ``reference_compatible`` mode
             ``2 * batch_size`` rows, relevant and irrelevant). Default: automatic, up to
-            32 masks and about 2**21 input values per forward (13 masks for a 224 px RGB
-            image: very large batches of activations cost more in memory traffic than
-            they save), and 1 (one mask per forward, as the reference) in
-            ``reference_compatible`` mode
+            32 masks and about 2**21 input values per forward, and 1 (one mask per
+            forward, as the reference) in ``reference_compatible`` mode
         batch_dim (int, optional): batch axis of the model input (1 for sequence-first
             text models; negative values count from the end). Tensor
             ``additional_forward_args`` with size 1 on this axis are repeated along it
@@ -194,17 +173,16 @@ class CD(Attribution):
             relevant part is that of the empty mask, computed once per forward), through
             convolutions, batch norm, activations, pooling, sums and concatenations; any
             other operation, or a box covering more than half of a map, goes on densely.
-            Same numbers up to rounding; several times faster for small masks (ACD's
-            blocks and blobs).  Masks are sorted by box size into the forwards.  None
+            Same numbers up to rounding, faster for small masks (ACD's blocks and
+            blobs).  Masks are sorted by box size into the forwards.  None
             (default): on whenever the input is such an image; False: always dense
         dtype (torch.dtype, optional): computation dtype, e.g. ``torch.float64`` for a
             float32 model: the input and every floating constant the decomposition meets
             (weights, biases, batch-norm statistics) are cast to it on the fly; the model
             itself is not changed.  Why it matters: CD's bias split ``|r| / (|r| + |i|)``
             is steep where both parts are small, so deep networks with large biases or
-            batch-norm shifts amplify rounding.  On the pretrained EfficientNet-Lite0,
-            float32 unit-block scores are off by up to ~10% of the logits (float64: ~1e-8);
-            VGG16 is fine in float32.  None (default): automatic, the input's dtype while
+            batch-norm shifts amplify rounding (measurements in
+            ``benchmarks/RESULTS_cd.md``).  None (default): automatic, the input's dtype while
             the precision check (below) passes, float64 from the first failed check on
             (the results are returned in the input's dtype); an explicit dtype is used as
             given (a failed check then warns), and so is the input's dtype in

@@ -7,7 +7,6 @@ from typing import Any, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .._compat import TargetType, log_usage
 from ..composites import Composite
 from ._contrastive import ContrastiveAttribution, normalized
 
@@ -54,6 +53,18 @@ class CLRP(ContrastiveAttribution):
         **composite_kwargs: preset overrides (``low``, ``high``, ``epsilon``,
             ``relevance_filter``, ...).
 
+    Keyword options of ``attribute`` (``target``: the class per example, ``None``: the
+    predicted class):
+        return_dual (bool, optional): also return the dual map ``R_dual`` (not normalised,
+            not clipped).  Needs the two maps, so it uses the stacked batch.
+
+    ``attribute`` returns the attribution (*Tensor* or *tuple of Tensor* of the inputs'
+    shapes, >= 0), then the dual map if ``return_dual``, then the delta (shape (N,)) if
+    ``return_convergence_delta``: the conservation error of the signed contrast before
+    clipping and normalising, ``Σ(seed - dual seed) - Σ(R - R_dual)`` (Captum's sign; the
+    seed sums are equal, so this is ``-Σ(R - R_dual)``; 0 for conservative rules such as
+    ``"zplus_box"``).
+
     Examples::
 
         >>> import torchvision
@@ -62,6 +73,8 @@ class CLRP(ContrastiveAttribution):
         >>> clrp = CLRP(model, variant=1, low=-2.1179, high=2.64)
         >>> attr = clrp.attribute(x, target=[340, 386])           # zebra, elephant
         >>> attr, dual = clrp.attribute(x, target=340, return_dual=True)
+        >>> attr, dual, delta = CLRP(model, variant=2).attribute(x, 281, return_dual=True,
+        ...                                                      return_convergence_delta=True)
     """
 
     method_name = "CLRP"
@@ -80,6 +93,7 @@ class CLRP(ContrastiveAttribution):
         self.variant = variant
         self.normalize = normalize
         self.seeds = seeds
+        self._top_layer = "negate" if variant == 2 else None
 
     def seeds_for(self, outputs: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
         """The target and dual seeds ``(N, C)`` for logits ``outputs`` and a one-hot ``mask``
@@ -95,56 +109,13 @@ class CLRP(ContrastiveAttribution):
             dual = outputs.abs() * (1 - mask) if self.variant == 1 else target
         return target, dual
 
-    @log_usage()
-    def attribute(
-        self,
-        inputs: Union[Tensor, Tuple[Tensor, ...]],
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        return_convergence_delta: bool = False,
-        return_dual: bool = False,
-    ):
-        r"""CLRP map of the target class.
+    def _needs_both_maps(self) -> bool:
+        return self.normalize == "sum"
 
-        Args:
-            inputs (Tensor or tuple of Tensor): model input(s), batch first.
-            target (int, Tensor or list, optional): the class per example (Captum
-                conventions); ``None``: the predicted class.
-            additional_forward_args (Any, optional): extra model arguments (no relevance).
-            return_convergence_delta (bool, optional): also return, per example, the
-                conservation error of the signed contrast before clipping and normalising:
-                ``Σ(seed - dual seed) - Σ(R - R_dual)`` (Captum's sign; the seed sums are
-                equal, so this is ``-Σ(R - R_dual)``; 0 for conservative rules such as
-                ``"zplus_box"``).
-            return_dual (bool, optional): also return the dual map ``R_dual`` (not normalised,
-                not clipped).  Needs the two maps, so it uses the stacked batch.
+    def _contrast(self, maps, dual, diff, n):
+        if self.normalize == "sum":
+            return tuple(a - b for a, b in zip(normalized(maps, n), normalized(dual, n)))
+        return diff
 
-        Returns:
-            The attribution (*Tensor* or *tuple of Tensor* of the inputs' shapes, >= 0), then
-            the dual map if ``return_dual``, then the delta (shape (N,)) if
-            ``return_convergence_delta``.
-
-        Examples::
-
-            >>> attr = CLRP(model, variant=2).attribute(x, target=281)
-            >>> attr, dual, delta = CLRP(model).attribute(x, 281, return_dual=True,
-            ...                                           return_convergence_delta=True)
-        """
-        stacked = return_dual or self.normalize == "sum" or not self.base_is_linear()
-        with torch.enable_grad():
-            (maps, dual), outputs, st, sd, is_tuple = self._run(
-                inputs, target, additional_forward_args, self.seeds_for, stacked,
-                top_layer="negate" if self.variant == 2 else None)
-        n = st.shape[0]
-        if stacked:
-            r_t, r_d = maps, dual
-            diff = tuple(a - b for a, b in zip(r_t, r_d))
-            if self.normalize == "sum":
-                contrast = tuple(a - b for a, b in zip(normalized(r_t, n), normalized(r_d, n)))
-            else:
-                contrast = diff
-        else:
-            diff = contrast = maps
-        attr = tuple(c.clamp(min=0) for c in contrast)
-        delta = self._contrast_delta(diff, st, sd) if return_convergence_delta else None
-        return self._pack(is_tuple, attr, dual, delta, return_dual, return_convergence_delta)
+    def _finish(self, contrast):
+        return tuple(c.clamp(min=0) for c in contrast)

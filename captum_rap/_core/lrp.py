@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from .._compat import TargetType, log_usage
-from .._engine import LayerInfo
-from ..composites import Composite, get_composite
-from ._propagation import PropagationAttribution, SeedType, check_flag, check_rule_attributes
+from ..composites import Composite
+from ._propagation import CompositeAttribution, LayerPropagationMixin, check_layers
+
+__all__ = ["LRP", "LayerLRP"]
 
 
-class LRP(PropagationAttribution):
+class LRP(CompositeAttribution):
     r"""Layer-wise Relevance Propagation (Bach et al. 2015) with configurable rules.
 
     Unlike ``captum.attr.LRP``, this implementation runs on unchanged models: residual
@@ -52,6 +52,14 @@ class LRP(PropagationAttribution):
         **composite_kwargs: overrides for a preset, e.g. ``epsilon=1e-9``, ``gamma=0.5``,
             ``low=-2.12, high=2.64`` (ZBox bounds, scalars or per-channel tensors).
 
+    Keyword options of ``attribute`` (besides ``inputs``, ``target``,
+    ``additional_forward_args`` and ``return_convergence_delta``, see
+    :meth:`~captum_rap._core._propagation.PropagationAttribution.attribute`; the delta is
+    the target logit minus the sum of input relevance):
+        output_relevance (Tensor or callable, optional): starting relevance at the
+            output instead of ``logit * one_hot(target)``: a tensor of the output shape
+            or a function ``outputs -> tensor``.  ``target`` is then ignored.
+
     Examples::
 
         >>> import torchvision
@@ -63,60 +71,10 @@ class LRP(PropagationAttribution):
     """
 
     method_name = "LRP"
-
-    def __init__(self, model: nn.Module, composite: Union[str, Composite, None] = "epsilon",
-                 merge_batchnorm: bool = True, dtype: Optional[torch.dtype] = None,
-                 **composite_kwargs: Any) -> None:
-        super().__init__(model, dtype)
-        check_rule_attributes(self.model, type(self).__name__)
-        self.composite = get_composite(composite, **composite_kwargs)
-        self.merge_batchnorm = check_flag(type(self).__name__, "merge_batchnorm", merge_batchnorm)
-
-    def _rule_for(self, info: LayerInfo) -> Any:
-        return self.composite.rule_for(info)
-
-    def _op_rule(self, kind: str) -> Any:
-        return self.composite.op_rule(kind)
-
-    @log_usage()
-    def attribute(
-        self,
-        inputs: Union[Tensor, Tuple[Tensor, ...]],
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        return_convergence_delta: bool = False,
-        output_relevance: SeedType = None,
-    ):
-        r"""Relevance of every input feature for the target output.
-
-        Args:
-            inputs (Tensor or tuple of Tensor): model input(s), batch first.
-            target (int, tuple, Tensor or list, optional): output index per Captum's
-                conventions.  ``None``: the single output per example, or the predicted
-                class for (N, C) outputs.
-            additional_forward_args (Any, optional): extra arguments passed to the model
-                after the inputs (they carry no relevance).
-            return_convergence_delta (bool, optional): also return, per example, the
-                starting relevance (the target logit) minus the sum of input relevance
-                (Captum's ``LRP`` convention: output minus attributions).
-            output_relevance (Tensor or callable, optional): starting relevance at the
-                output instead of ``logit * one_hot(target)``: a tensor of the output shape
-                or a function ``outputs -> tensor``.  ``target`` is then ignored.
-
-        Returns:
-            *Tensor* or *tuple of Tensor* of the inputs' shapes (and the delta if asked).
-
-        Examples::
-
-            >>> attr = LRP(model, "epsilon_plus").attribute(x, target=281)
-        """
-        with torch.enable_grad():
-            rel, outputs, seed, is_tuple = self._propagate(inputs, target, additional_forward_args,
-                                                           output_relevance)
-        return self._format(rel, outputs, seed, is_tuple, return_convergence_delta)
+    _attribute_options = {"output_relevance": None}
 
 
-class LayerLRP(LRP):
+class LayerLRP(LayerPropagationMixin, LRP):
     r"""LRP relevance at the output (or input) of a hidden ``layer``.
 
     The relevance at a tensor is what the propagation carries there: the relevance that
@@ -135,6 +93,15 @@ class LayerLRP(LRP):
             all from one propagation, as Captum's ``LayerLRP``.
         composite, merge_batchnorm, dtype, **composite_kwargs: as for :class:`LRP`.
 
+    Keyword options of ``attribute``:
+        attribute_to_layer_input (bool): relevance at the layer's input instead of its
+            output. Default: False.
+        output_relevance: as for :class:`LRP`.
+
+    ``attribute`` returns a *Tensor* of the layer output (or input) shape; for a list of
+    layers, a list of them (and a list of deltas: the starting relevance minus the layer
+    relevance sum, per example).
+
     Examples::
 
         >>> LayerLRP(model, model.layer3).attribute(x, target=5)
@@ -142,6 +109,7 @@ class LayerLRP(LRP):
     """
 
     method_name = "LayerLRP"
+    _attribute_options = {"attribute_to_layer_input": False, "output_relevance": None}
 
     def __init__(self, model: nn.Module, layer: Union[nn.Module, Sequence[nn.Module]],
                  composite: Union[str, Composite, None] = "epsilon",
@@ -149,83 +117,3 @@ class LayerLRP(LRP):
                  **composite_kwargs: Any) -> None:
         super().__init__(model, composite, merge_batchnorm, dtype, **composite_kwargs)
         self.layer = check_layers(self.model, layer, self.method_name)
-
-    @log_usage()
-    def attribute(  # type: ignore[override]
-        self,
-        inputs: Union[Tensor, Tuple[Tensor, ...]],
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        return_convergence_delta: bool = False,
-        attribute_to_layer_input: bool = False,
-        output_relevance: SeedType = None,
-    ):
-        r"""Relevance at the layer.
-
-        Args:
-            inputs, target, additional_forward_args, output_relevance: as for
-                :meth:`LRP.attribute`.
-            return_convergence_delta (bool): also return the starting relevance minus the
-                layer relevance sum, per example (Captum's convention).
-            attribute_to_layer_input (bool): relevance at the layer's input instead of its
-                output.
-
-        Returns:
-            *Tensor* of the layer output (or input) shape; for a list of layers, a list of
-            them (and a list of deltas).
-        """
-        return layer_attribute(self, self.layer, inputs, target, additional_forward_args,
-                               return_convergence_delta, attribute_to_layer_input, output_relevance)
-
-
-def check_layers(model: nn.Module, layer: Any, method: str) -> Any:
-    """``layer`` (a submodule of ``model``) or a non-empty list of submodules."""
-    layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
-    if not layers:
-        raise ValueError(f"{method}: the list of layers is empty")
-    owned = {id(m) for m in model.modules()}
-    for m in layers:
-        if not isinstance(m, nn.Module):
-            raise TypeError(f"{method}: layer must be an nn.Module or a list of them, got {type(m).__name__}")
-        if id(m) not in owned:
-            raise ValueError(f"{method}: the layer {type(m).__name__} is not a submodule of the model")
-    return layers if isinstance(layer, (list, tuple)) else layer
-
-
-def layer_attribute(method: PropagationAttribution, layer: Any, inputs, target,
-                    additional_forward_args, return_convergence_delta, attribute_to_layer_input,
-                    output_relevance, rule_for=None):
-    """Run ``method``'s propagation and collect the relevance at ``layer`` (or at each
-    layer of a list, from the same propagation)."""
-    check_flag(method.method_name, "attribute_to_layer_input", attribute_to_layer_input)
-    layers = list(layer) if isinstance(layer, list) else [layer]
-    collected: List[List[Tuple[int, Tensor]]] = [[] for _ in layers]
-
-    def make_callback(store: List[Tensor]):
-        def callback(r: Tensor) -> None:
-            if store and store[0][0] != method._runs:  # a run redone in float64 replaces the first
-                store.clear()
-            store.append((method._runs, r.detach()))
-        return callback
-
-    with torch.enable_grad():
-        _, outputs, seed, _ = method._propagate(
-            inputs, target, additional_forward_args, output_relevance,
-            layer_hooks=[(m, make_callback(c), attribute_to_layer_input) for m, c in zip(layers, collected)],
-            rule_for=rule_for)
-    rels: List[Tensor] = []
-    for m, c in zip(layers, collected):
-        if not c:
-            raise ValueError(f"{method.method_name}: the layer {type(m).__name__} was not called in the "
-                             "forward pass or its activation carries no relevance")
-        shapes = {tuple(t.shape) for _, t in c}
-        if len(shapes) != 1:
-            raise ValueError(f"{method.method_name}: the layer {type(m).__name__} was called {len(c)} times "
-                             f"with different shapes {sorted(shapes)}")
-        rels.append(torch.stack([t for _, t in c]).sum(0))
-    n = seed.shape[0]
-    deltas = method._to_result([seed.reshape(n, -1).sum(1) - r.reshape(n, -1).sum(1) for r in rels])
-    rels = method._to_result(rels)
-    if not isinstance(layer, list):
-        return (rels[0], deltas[0]) if return_convergence_delta else rels[0]
-    return (rels, deltas) if return_convergence_delta else rels

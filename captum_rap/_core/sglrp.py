@@ -7,11 +7,10 @@ from typing import Any, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .._compat import TargetType, log_usage
 from .._engine import safe_divide
 from ..composites import Composite
-from ._contrastive import ContrastiveAttribution, per_example_sum
-from ._propagation import check_flag
+from ._contrastive import ContrastiveAttribution
+from ._propagation import check_flag, per_example_sum
 
 
 class SGLRP(ContrastiveAttribution):
@@ -39,6 +38,16 @@ class SGLRP(ContrastiveAttribution):
         dtype (torch.dtype, optional): as for :class:`~captum_rap.LRP`.
         **composite_kwargs: preset overrides (``low``, ``high``, ``relevance_filter``, ...).
 
+    Keyword options of ``attribute`` (``target``: the class per example, ``None``: the
+    predicted class):
+        return_dual (bool, optional): also return the unscaled dual map ``R_dual`` (uses
+            the stacked batch).
+
+    ``attribute`` returns the attribution (*Tensor* or *tuple of Tensor*), then the dual
+    map if ``return_dual``, then the delta (shape (N,)) if ``return_convergence_delta``:
+    ``Σ ∂ŷ_t/∂z - Σ(R_target - R_dual)`` (unscaled, before the ReLU; the gradient sums to
+    0, and the error is 0 for conservative rules).
+
     Examples::
 
         >>> from captum_rap import SGLRP
@@ -63,50 +72,14 @@ class SGLRP(ContrastiveAttribution):
         pt = (prob * mask).sum(1, keepdim=True)
         return pt * (1 - pt) * mask, pt * prob * (1 - mask)
 
-    @log_usage()
-    def attribute(
-        self,
-        inputs: Union[Tensor, Tuple[Tensor, ...]],
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        return_convergence_delta: bool = False,
-        return_dual: bool = False,
-    ):
-        r"""SGLRP map of the target class.
+    def _needs_both_maps(self) -> bool:
+        return self.scaling
 
-        Args:
-            inputs (Tensor or tuple of Tensor): model input(s), batch first.
-            target (int, Tensor or list, optional): the class per example (Captum
-                conventions); ``None``: the predicted class.
-            additional_forward_args (Any, optional): extra model arguments (no relevance).
-            return_convergence_delta (bool, optional): also return, per example,
-                ``Σ ∂ŷ_t/∂z - Σ(R_target - R_dual)`` (unscaled, before the ReLU; the
-                gradient sums to 0, and the error is 0 for conservative rules).
-            return_dual (bool, optional): also return the unscaled dual map ``R_dual``
-                (uses the stacked batch).
+    def _contrast(self, maps, dual, diff, n):
+        if self.scaling:
+            lam = safe_divide(per_example_sum(maps, n), per_example_sum(dual, n))
+            return tuple(a - lam.view((-1,) + (1,) * (b.dim() - 1)) * b for a, b in zip(maps, dual))
+        return diff
 
-        Returns:
-            The attribution (*Tensor* or *tuple of Tensor*), then the dual map if
-            ``return_dual``, then the delta (shape (N,)) if ``return_convergence_delta``.
-
-        Examples::
-
-            >>> attr = SGLRP(model, scaling=False, relu=True).attribute(x, target=3)
-        """
-        stacked = return_dual or self.scaling or not self.base_is_linear()
-        with torch.enable_grad():
-            (maps, dual), outputs, st, sd, is_tuple = self._run(
-                inputs, target, additional_forward_args, self.seeds_for, stacked)
-        n = st.shape[0]
-        if stacked:
-            diff = tuple(a - b for a, b in zip(maps, dual))
-            if self.scaling:
-                lam = safe_divide(per_example_sum(maps, n), per_example_sum(dual, n))
-                contrast = tuple(a - lam.view((-1,) + (1,) * (b.dim() - 1)) * b for a, b in zip(maps, dual))
-            else:
-                contrast = diff
-        else:
-            diff = contrast = maps
-        attr = tuple(c.clamp(min=0) for c in contrast) if self.relu else contrast
-        delta = self._contrast_delta(diff, st, sd) if return_convergence_delta else None
-        return self._pack(is_tuple, attr, dual, delta, return_dual, return_convergence_delta)
+    def _finish(self, contrast):
+        return tuple(c.clamp(min=0) for c in contrast) if self.relu else contrast

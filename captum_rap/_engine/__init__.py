@@ -21,18 +21,19 @@ naming the operation and the module it was called from.
 Modules:
 
 * :mod:`.optable`: the operation table (torch function name -> treatment);
-* :mod:`.mode`: the function mode that applies the treatments;
+* :mod:`.mode`: the function mode that applies the treatments (its affine-layer half in
+  :mod:`.layers`, its reading of call arguments in :mod:`.callargs`);
 * :mod:`.decompositions`: normalisations and attention written out in table operations;
 * :mod:`.affine`: :class:`AffineOp`, the affine layer as rules see it;
 * :mod:`.functions`: the autograd functions that carry the rules;
 * :mod:`.batchnorm`: batch-norm folding;
 * :mod:`.propagator`: :class:`Propagator`, one forward + backward;
 * :mod:`.records`: :class:`LayerInfo`, per-call nodes and tags;
-* :mod:`.numerics`: division helpers.
+* :mod:`.numerics`: every division / stabiliser helper (one sign convention).
 """
 
 from .affine import AffineOp
-from .numerics import per_example, safe_divide, stabilize
+from .numerics import divide, divide_keep_zero, floored_epsilon, per_example, safe_divide, stabilize
 from .optable import OP_TABLE, supported_operations
 from .propagator import Propagator
 from .records import NORM_KINDS, LayerInfo, UnsupportedOperationError
@@ -46,6 +47,9 @@ __all__ = [
     "OP_TABLE",
     "supported_operations",
     "per_example",
+    "divide",
+    "divide_keep_zero",
+    "floored_epsilon",
     "safe_divide",
     "stabilize",
 ]

@@ -12,21 +12,20 @@ relevance path either is linear (left to autograd) or raises
 from __future__ import annotations
 
 import contextlib
-import math
-import weakref
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from . import decompositions, input_affine
 from .affine import AffineOp
-from .batchnorm import fold_target, merge_bn
-from .functions import IdentityRule, RuleFunction, ScaleGradient
+from .callargs import (_arg, _fname, _out_of_place, _writes_in_place, infer_batch_axis,
+                       iter_tensors)
+from .functions import IdentityRule, ScaleGradient
+from .layers import LayerHandlers
 from .optable import OP_TABLE, Op
-from .records import (KIND_ACT, KIND_AFFINE, KIND_IDS, KIND_INPUT, KIND_PRE, TAG, Batch, CallState, LayerInfo, Node,
+from .records import (KIND_ACT, KIND_AFFINE, KIND_IDS, KIND_INPUT, KIND_PRE, TAG, Batch, CallState, Node,
                       UnsupportedOperationError, batch_of, is_gate, producer_of, set_tag, tag_of)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,33 +33,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["PropagationMode"]
 
-
-def _fname(func: Any) -> str:
-    return getattr(func, "__name__", str(func))
-
-
-def iter_tensors(obj: Any) -> Iterator[Tensor]:
-    if isinstance(obj, Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for o in obj:
-            yield from iter_tensors(o)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            yield from iter_tensors(o)
-
-
-def _arg(args: Sequence[Any], kwargs: Dict[str, Any], index: int, name: str, default: Any) -> Any:
-    if name in kwargs:
-        return kwargs[name]
-    if len(args) > index:
-        return args[index]
-    return default
-
-
-_INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__idiv__", "__ifloordiv__",
-                    "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__",
-                    "__irshift__", "__setitem__"}
 _DIVISION_OPS = {"div", "__truediv__", "__itruediv__", "div_", "__div__", "divide", "true_divide"}
 # the properties of a tensor that are selections of it
 _VIEW_PROPERTIES = {"T", "mT", "H", "mH", "real"}
@@ -73,120 +45,7 @@ _PRODUCT_FACTORS = {
 _DEFAULT_FACTORS = ((0, "input"), (1, "other"))
 
 
-def _dims(ndim: int, value: Any) -> List[int]:
-    if isinstance(value, int):
-        value = [value]
-    return [d % ndim for d in value]
-
-
-def infer_batch_axis(name: str, args: Sequence[Any], kwargs: Dict[str, Any], inp: Tensor,
-                     batch: Batch, out: Tensor) -> Batch:
-    """Where the examples of ``out`` are, given where they are in ``inp`` (see
-    :data:`~.records.Batch`): moved by axis permutations, kept where the shape is unchanged;
-    otherwise (reshapes, pooling, slicing, reductions over other axes) found where the axes
-    before them hold as many elements as before, with the blocks of each example aligned
-    to the new axis; ``None`` where the examples are mixed with another axis."""
-    if batch is None or not isinstance(out, Tensor):
-        return None
-    axis, inner = batch
-    nd = inp.dim()
-    if axis >= nd:
-        return None
-    if name in ("transpose", "swapaxes", "swapdims", "transpose_", "swapaxes_", "swapdims_"):
-        d0, d1 = _dims(nd, [_arg(args, kwargs, 1, "dim0", 0), _arg(args, kwargs, 2, "dim1", 1)])
-        return (d1 if axis == d0 else d0 if axis == d1 else axis), inner
-    if name in ("t", "t_") and nd == 2:
-        return 1 - axis, inner
-    if name == "permute":
-        dims = args[1:] if len(args) > 1 else kwargs.get("dims", ())
-        if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
-            dims = dims[0]
-        return _dims(nd, list(dims)).index(axis), inner
-    if name in ("movedim", "moveaxis"):
-        src = _dims(nd, _arg(args, kwargs, 1, "source", 0))
-        dst = _dims(nd, _arg(args, kwargs, 2, "destination", 0))
-        order = [d for d in range(nd) if d not in src]
-        for d, sd in sorted(zip(dst, src)):
-            order.insert(d, sd)
-        return order.index(axis), inner
-    if name == "__getitem__":
-        new = _indexed_axis(args[1] if len(args) > 1 else kwargs.get("idx"), nd, axis)
-        return None if new is None else (new, inner)
-    if name in ("select", "unbind"):
-        dim = _dims(nd, _arg(args, kwargs, 1, "dim", 0))[0]
-        return None if dim == axis else (axis - (dim < axis), inner)
-    if out.shape == inp.shape:
-        return axis, inner
-    n = inp.shape[axis] // inner  # the number of examples
-    if n == 0:
-        return None
-    before = math.prod(inp.shape[:axis])
-    block = math.prod(inp.shape[axis:]) // n  # one example's contiguous block (per prefix row)
-    reshaped = out.numel() == inp.numel()
-    cum = 1
-    for k, size in enumerate(out.shape):
-        if cum == before:
-            if reshaped and size % n == 0 and block % max(math.prod(out.shape[k + 1:]), 1) == 0:
-                return k, size // n  # a reshape that keeps each example's block on axis k
-            if not reshaped and size == inp.shape[axis]:
-                return k, inner  # the axis kept while other axes changed (pooling, slicing)
-        cum *= size
-        if cum > before:
-            break
-    return None
-
-
-def _indexed_axis(index: Any, nd: int, axis: int) -> Optional[int]:
-    """Where axis ``axis`` of a tensor ends up after ``t[index]`` (``None``: indexed by an
-    integer, a partial slice, or advanced indexing)."""
-    items = list(index) if isinstance(index, tuple) else [index]
-    consumed = sum(1 for it in items if it is not None and it is not Ellipsis)
-    d = o = 0
-    for it in items:
-        if it is Ellipsis:
-            span = nd - consumed
-            if d <= axis < d + span:
-                return o + axis - d
-            d += span
-            o += span
-        elif it is None:
-            o += 1
-        elif isinstance(it, int) and not isinstance(it, bool):
-            if d == axis:
-                return None
-            d += 1
-        elif isinstance(it, slice):
-            if d == axis:
-                return o if it == slice(None) else None
-            d += 1
-            o += 1
-        else:  # tensors, lists: advanced indexing
-            return None
-    return o + axis - d if axis >= d else None
-
-
-def _writes_in_place(name: str, kwargs: Dict[str, Any]) -> bool:
-    """In-place operation (``relu_``, ``add_``, ``+=``, ``x[i] = v``) or ``out=`` call."""
-    return (name.endswith("_") and not name.endswith("__")) or name in _INPLACE_DUNDERS \
-        or "out" in kwargs or kwargs.get("inplace", False) is True
-
-
-def _out_of_place(func: Callable, name: str, kwargs: Dict[str, Any]) -> Tuple[Callable, Dict[str, Any]]:
-    """The out-of-place version of an in-place element-wise function."""
-    if kwargs.get("inplace", False):
-        return func, {**kwargs, "inplace": False}
-    if name.endswith("_") and not name.endswith("__"):
-        base = name[:-1]
-        for ns in (torch, F, torch.special, Tensor):
-            f = getattr(ns, base, None)
-            if f is not None:
-                return f, kwargs
-    if name == "__ipow__":
-        return torch.pow, kwargs
-    return func, kwargs
-
-
-class PropagationMode(TorchFunctionMode):
+class PropagationMode(LayerHandlers, TorchFunctionMode):
     """Runs the forward pass of one propagation (see the module docstring)."""
 
     def __init__(self, propagator: "Propagator", state: CallState):
@@ -681,144 +540,3 @@ class PropagationMode(TorchFunctionMode):
 
     def _t_attention(self, func, name, op, args, kwargs, kinds):
         return getattr(decompositions, name)(self, *args, **kwargs)
-
-    def norm_affine(self, n: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: str,
-                    feature_dims: int = 0) -> Tensor:
-        """The element-wise affine part ``w * n + b`` of a normalisation, as a layer with the
-        composite's norm rule.  ``feature_dims > 0``: the weight covers the last
-        ``feature_dims`` axes (layer / RMS norm); ``0``: one value per channel (axis 1)."""
-        if weight is None and bias is None:
-            return n
-        if self._tag(weight) or self._tag(bias):
-            raise self.unsupported(f"a {kind} whose weight or bias depends on the input",
-                                   "Only the normalised tensor may carry relevance.")
-        ref = weight if weight is not None else bias
-        owner = self._owner(ref) or self._current_module()
-
-        def shaped(t: Optional[Tensor]) -> Optional[Tensor]:
-            if t is None or feature_dims:
-                return t
-            return t.view((1, -1) + (1,) * (n.dim() - 2))
-
-        w = shaped(weight) if weight is not None else torch.ones_like(shaped(bias))
-        return self._layer(n, AffineOp("elementwise", w, shaped(bias)), owner, kind)
-
-    def batch_norm_layer(self, x: Tensor, running_mean, running_var, weight, bias, eps: float,
-                         kind: str = "batchnorm") -> Tensor:
-        """An eval batch norm (running statistics): a per-channel affine layer."""
-        if running_mean is None or running_var is None:
-            raise self.unsupported(
-                "a batch norm that uses batch statistics (training mode or no running stats)",
-                "Call model.eval() before attributing: relevance rules are defined for the "
-                "inference-time affine map of batch norm.")
-        if any(self._tag(t) for t in (running_mean, running_var, weight, bias)):
-            raise self.unsupported(f"'{kind}' whose statistics depend on the input",
-                                   "Only the layer input may carry relevance.")
-        scale = torch.rsqrt(running_var.detach() + eps)
-        if weight is not None:
-            scale = scale * weight.detach()
-        shift = -running_mean.detach() * scale
-        if bias is not None:
-            shift = shift + bias.detach()
-        op = AffineOp("batchnorm", scale, shift)
-        ref = weight if weight is not None else running_var
-        owner = self._owner(ref) or self._current_module()
-        fold_into = fold_target(self, x, scale) if self.p.merge_batchnorm and kind == "batchnorm" else None
-        return self._layer(x, op, owner, kind, fold_into=fold_into)
-
-    # -- affine layers -----------------------------------------------------------------
-    def _t_affine(self, func, name, op_, args, kwargs, kinds):
-        x = _arg(args, kwargs, 0, "input", None)
-        if not self._tag(x):
-            raise self.unsupported(f"'{name}' whose weight depends on the input",
-                                   "Only the layer input may carry relevance.")
-        if name == "batch_norm":
-            training = _arg(args, kwargs, 5, "training", False)
-            return self.batch_norm_layer(
-                x, None if training else _arg(args, kwargs, 1, "running_mean", None),
-                None if training else _arg(args, kwargs, 2, "running_var", None),
-                _arg(args, kwargs, 3, "weight", None), _arg(args, kwargs, 4, "bias", None),
-                _arg(args, kwargs, 7, "eps", 1e-5))
-        weight = _arg(args, kwargs, 1, "weight", None)
-        bias = _arg(args, kwargs, 2, "bias", None)
-        if self._tag(weight) or self._tag(bias):
-            raise self.unsupported(f"'{name}' whose weight depends on the input",
-                                   "Only the layer input may carry relevance.")
-        if name == "linear":
-            op = AffineOp("linear", weight, bias)
-        else:
-            op = AffineOp(name, weight, bias,
-                          stride=_arg(args, kwargs, 3, "stride", 1),
-                          padding=_arg(args, kwargs, 4, "padding", 0),
-                          dilation=_arg(args, kwargs, 5, "dilation", 1),
-                          groups=_arg(args, kwargs, 6, "groups", 1))
-        owner = self._owner(weight) or self._current_module()
-        return self._layer(x, op, owner, op.kind)
-
-    def _layer(self, x: Tensor, op: AffineOp, owner: Tuple[str, Any], kind: str,
-               fold_into: Optional[Node] = None) -> Tensor:
-        """Apply the affine ``op`` to ``x`` as a layer with a rule (a node of the call)."""
-        mod_name, module = owner
-        folded = input_affine.fold(self, x, op, f"module '{mod_name}'") if fold_into is None else None
-        if folded is not None:  # an input normalisation folded in: the input layer of src
-            x, op = folded
-        xkind = self._tag(x)
-        is_input = xkind == KIND_INPUT
-        index = fold_into.info.index if fold_into is not None else self.layer_index
-        x_batch = batch_of(x, self.token)
-        info = LayerInfo(module=module, name=mod_name, kind=kind, is_input_layer=is_input,
-                         is_first_layer=xkind in (KIND_INPUT, KIND_PRE, KIND_AFFINE), index=index,
-                         batch_axis=x_batch[0] if x_batch else None,
-                         batch_inner=x_batch[1] if x_batch else 1, batch_size=self.state.batch_size)
-        if fold_into is None:
-            self.layer_index += 1
-        rule = self.p.rule_for(info)
-        problem: Optional[Exception] = None
-        if rule is None:
-            problem = self.unsupported(f"'{kind}'", "The composite returned no rule for this layer.")
-        else:
-            check = getattr(rule, "check_layer", None)
-            if check is not None:
-                msg = check(info)
-                if msg:
-                    problem = UnsupportedOperationError(f"Rule {rule!r} on module '{mod_name}': {msg}")
-        node = Node(info=info, op=op, rule=rule, state=self.state)
-        if fold_into is not None:
-            # the batch norm's rule is needed only if folding turns out not to be exact
-            node.problem = problem
-            return merge_bn(self, x, fold_into, node)
-        if problem is not None:
-            raise problem
-        if is_input and getattr(rule, "needs_input_layer", False):
-            info.input_mask = self._real_input_mask(x)
-        if is_input:
-            node.input_ref = x
-        out = RuleFunction.apply(x, node)
-        node.out_ref = weakref.ref(out)
-        set_tag(out, self.state, KIND_ACT, node, batch=infer_batch_axis(kind, (), {}, x, x_batch, out))
-        return out
-
-    def _real_input_mask(self, x: Tensor) -> Optional[Tensor]:
-        """Which entries of an input layer's input are model input values (1) and which are
-        zero padding added by selection ops on the way (0); ``None`` if none is padding.
-
-        ``x`` is a selection (pad, slice, reshape, cat) of the model inputs, i.e. ``x = J u``
-        with a 0/1 matrix ``J``; ``J 1`` is the mask, obtained as the gradient with respect
-        to ``v`` of ``<J^T v, 1>`` (double backward through the selection ops only).
-        Without it, rules that put relevance on inputs that are 0 (ZBox, Flat, WSquare)
-        would give relevance to padding positions, where it is silently lost."""
-        leaves = self.state.leaves
-        with self.constants():
-            with torch.enable_grad():
-                v = torch.zeros_like(x, requires_grad=True)
-                grads = torch.autograd.grad(x, leaves, grad_outputs=v, create_graph=True,
-                                            retain_graph=True, allow_unused=True)
-                pairs = [(g, lf) for g, lf in zip(grads, leaves) if g is not None and g.requires_grad]
-                if not pairs:
-                    return None
-                (mask,) = torch.autograd.grad([g for g, _ in pairs], v,
-                                              grad_outputs=[torch.ones_like(lf) for _, lf in pairs],
-                                              allow_unused=True)
-        if mask is None or bool((mask != 0).all()):
-            return None
-        return (mask != 0).to(x.dtype)

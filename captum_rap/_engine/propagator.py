@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from .functions import IdentityFromOutput
-from .mode import PropagationMode, iter_tensors
+from .callargs import iter_tensors
+from .mode import PropagationMode
 from .numerics import safe_divide
 from .optable import is_elementwise_module
 from .records import (KIND_ACT, KIND_IDS, KIND_INPUT, KIND_PRE, CallState, LayerInfo, UnsupportedOperationError,

@@ -8,13 +8,13 @@ import glob
 import json
 import os
 import zipfile
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ._common import append_line, atomic_write, read_jsonl, write_json, write_jsonl
+from ._common import append_line, atomic_write, read_json, read_jsonl, write_json, write_jsonl
 
 FORMATS = ("safetensors", "npz")
 SHARD_DIR = "shards"
@@ -179,6 +179,30 @@ def remove_temporaries(folder: str) -> None:
             os.remove(path)
         except OSError:
             pass
+
+
+def merge_on_rank0(group: Any, folder: str, merge: Callable[[], Dict[str, Any]], summary_file: str,
+                   errors: Tuple[type, ...] = (RuntimeError, ValueError)) -> Dict[str, Any]:
+    """The end of a sharded run on every rank: wait until every rank has finished its
+    shards; rank 0 removes the temporaries and runs ``merge`` (its error, one of
+    ``errors``, is raised as ``RuntimeError`` on every rank); then every rank returns the
+    summary (rank 0 the one ``merge`` returned, the others read ``summary_file``)."""
+    group.barrier()
+    summary: Dict[str, Any] = {}
+    error = None
+    if group.rank == 0:
+        remove_temporaries(folder)
+        try:
+            summary = merge()
+        except errors as exc:
+            error = str(exc)
+    error = group.broadcast_error(error)
+    if error is not None:
+        raise RuntimeError(error)
+    group.barrier()
+    if group.rank != 0:
+        summary = read_json(os.path.join(folder, summary_file))
+    return summary
 
 
 def remove_run(out: str) -> None:

@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, SequentialSampler
 from .._compat import Attribution
 from . import _shards as S
 from ._common import (PathLike, ProcessGroup, check_choice, check_flag, check_int, check_out, check_save_dtype,
-                      describe, digest, json_float, model_fingerprint, my_shards, process_group, read_json,
-                      resolve_device, resolve_dtype, SAVE_DTYPES, write_json, _tensor_digest)
+                      describe, digest, json_float, model_fingerprint, my_shards, process_group, resolve_device,
+                      resolve_dtype, SAVE_DTYPES, write_json, _tensor_digest)
 from .images import Collate, ImageFiles, Indexed, ShardBatches, split_item
 from .images import image_ids as _image_ids
 
@@ -486,21 +486,8 @@ def attribute_dataset(
     seconds = time.perf_counter() - started
 
     # the only wait: every rank has finished its shards; rank 0 merges the manifests
-    group.barrier()
-    summary: Dict[str, Any] = {}
-    error = None
-    if group.rank == 0:
-        S.remove_temporaries(out)
-        try:
-            summary = S.merge_manifest(out, n, n_shards, {"world_size": group.world_size})
-        except (RuntimeError, ValueError) as exc:
-            error = str(exc)
-    error = group.broadcast_error(error)
-    if error is not None:
-        raise RuntimeError(error)
-    group.barrier()
-    if group.rank != 0:
-        summary = read_json(os.path.join(out, S.SUMMARY_FILE))
+    summary = S.merge_on_rank0(group, out, lambda: S.merge_manifest(out, n, n_shards, {"world_size": group.world_size}),
+                               S.SUMMARY_FILE)
     if summary["n_attributed"] == 0:
         raise ValueError(f"{WHO}: no image of the dataset could be attributed ({summary['n_skipped']} skipped; "
                          f"see {os.path.join(out, S.SKIPPED_FILE)})")

@@ -54,20 +54,6 @@ class Preprocess:
         return (x / 255.0 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
 
-def _main_cli():
-    """The main command line module (for ``load_model`` and ``CLIError``)."""
-    import importlib
-
-    for name in ("captum_rap.cli", "captum_rap.__main__"):
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(mod, "load_model"):
-            return mod
-    raise DatasetCLIError("captum_rap's command line module (load_model) is not available")
-
-
 def load(spec: str, weights: Optional[str]) -> Tuple[Any, str, Any, Any, str]:
     """``(model, preprocess kind, low, high, description)`` for ``--model``."""
     if spec.strip().lower() in (FMNIST_VIT, "fmnist-vit"):
@@ -79,13 +65,15 @@ def load(spec: str, weights: Optional[str]) -> Tuple[Any, str, Any, Any, str]:
             return fashion_mnist_vit(), "fmnist", FMNIST_LOW, FMNIST_HIGH, "Fashion-MNIST ViT (shipped weights)"
         except ImportError as exc:
             raise DatasetCLIError(str(exc)) from None
-    cli = _main_cli()
+    from ..cli.common import CLIError
+    from ..cli.loading import load_model
+
     if spec.strip().lower().startswith("torchvision:") and weights is None:
         raise DatasetCLIError("a torchvision model needs --weights FILE here (random weights would differ in every "
                               "process and every resumed run)")
     try:
-        ex = cli.load_model(spec, weights)
-    except cli.CLIError as exc:
+        ex = load_model(spec, weights)
+    except CLIError as exc:
         raise DatasetCLIError(str(exc)) from None
     kind = "imagenet" if spec.strip().lower().startswith("torchvision:") else "lite0"
     return ex.model, kind, ex.low, ex.high, ex.description

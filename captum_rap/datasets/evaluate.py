@@ -236,21 +236,8 @@ def evaluate_dataset(
             bar.close()
     seconds = time.perf_counter() - started
 
-    group.barrier()
-    error = None
-    summary: Dict[str, Any] = {}
-    if group.rank == 0:
-        S.remove_temporaries(folder)
-        try:
-            summary = _merge(store, folder, shards, orders, _label(store))
-        except (RuntimeError, ValueError, OSError) as exc:
-            error = str(exc)
-    error = group.broadcast_error(error)
-    if error is not None:
-        raise RuntimeError(error)
-    group.barrier()
-    if group.rank != 0:
-        summary = read_json(os.path.join(folder, "summary.json"))
+    summary = S.merge_on_rank0(group, folder, lambda: _merge(store, folder, shards, orders, _label(store)),
+                               "summary.json", errors=(RuntimeError, ValueError, OSError))
     return DatasetEvaluation(out=out, folder=folder, settings=settings, summary=summary,
                              shards_computed=len(todo), shards_reused=len(mine) - len(todo), seconds=seconds,
                              rank=group.rank, world_size=group.world_size)

@@ -144,15 +144,6 @@ class TextFeature(BaseFeature):
         ...                       visualization_transform=lambda ids: [vocab[i] for i in ids[0]])
     """
 
-    def __init__(
-        self,
-        name: str,
-        baseline_transforms: TransformArg,
-        input_transforms: TransformArg,
-        visualization_transform: Optional[Callable],
-    ) -> None:
-        super().__init__(name, baseline_transforms, input_transforms, visualization_transform)
-
     @staticmethod
     def visualization_type() -> str:
         return "text"

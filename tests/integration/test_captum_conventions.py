@@ -498,3 +498,30 @@ def test_train_mode_dropout_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         LRP(model).attribute(x)
+
+
+# issue 18: one attribute template; each method still shows (and binds) its own signature
+@pytest.mark.parametrize("cls, options", [
+    (LRP, ["output_relevance"]), (RAP, []), (CLRP, ["return_dual"]), (SGLRP, ["return_dual"]),
+    (LayerLRP, ["attribute_to_layer_input", "output_relevance"]), (LayerRAP, ["attribute_to_layer_input"]),
+])
+def test_attribute_signature_per_method(cls, options):
+    import inspect
+
+    common = ["self", "inputs", "target", "additional_forward_args", "return_convergence_delta"]
+    assert list(inspect.signature(cls.attribute).parameters) == common + options
+    assert callable(cls.attribute.__wrapped__)  # Captum's NoiseTunnel calls attribute.__wrapped__
+
+
+def test_attribute_options_bind_positionally_and_unknown_keywords_are_refused():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3)).eval()
+    x = torch.randn(2, 4)
+    seed = torch.randn(2, 3)
+    by_name = LRP(model).attribute(x, output_relevance=seed)
+    by_position = LRP(model).attribute(x, None, None, False, seed)
+    assert torch.equal(by_name, by_position)
+    with pytest.raises(TypeError, match=r"RAP\.attribute\(\) got an unexpected keyword argument 'output_relevance'"):
+        RAP(model).attribute(x, output_relevance=seed)
+    with pytest.raises(TypeError, match=r"LRP\.attribute\(\) got an unexpected keyword argument 'return_dual'"):
+        LRP(model).attribute(x, return_dual=True)
