@@ -1,7 +1,7 @@
 """Helpers shared by the LRP test files (reference rules in matrix form, seeded weights).
 
 Nothing here calls the propagation engine: the references are written from the rule
-definitions (docstrings of ``captum_rap/rules.py``) in explicit matrix form, so a test that
+definitions (docstrings of ``captum_rap/rules/``) in explicit matrix form, so a test that
 compares the engine against them can fail if the engine is wrong.
 """
 

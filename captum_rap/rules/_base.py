@@ -68,6 +68,21 @@ class Rule(PropagationRule):
     #: layer); the engine computes the mask only for rules that ask for it
     needs_input_mask: bool = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # ``needs_input_layer`` (before 2026-12) meant both flags: keep rules written for it working
+        if "needs_input_layer" in vars(cls):
+            import warnings
+
+            value = bool(vars(cls)["needs_input_layer"])
+            warnings.warn(f"{cls.__name__}.needs_input_layer is deprecated: set input_layer_only (the rule "
+                          "refuses other layers) and needs_input_mask (the engine computes info.input_mask); "
+                          "both are set from it for now", DeprecationWarning, stacklevel=2)
+            if "input_layer_only" not in vars(cls):
+                cls.input_layer_only = value
+            if "needs_input_mask" not in vars(cls):
+                cls.needs_input_mask = value
+
     #: ``R_in`` is linear in ``R_out`` for a fixed forward pass (true for every LRP rule;
     #: :class:`RelevanceFilter` is not).  Contrastive methods (CLRP, SGLRP) use one
     #: backward pass with a signed seed only when all rules are linear.

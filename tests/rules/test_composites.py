@@ -71,3 +71,24 @@ def test_preset_keywords_are_listed():
     assert preset_keywords("epsilon") == ["epsilon"]
     assert set(preset_keywords("epsilon_gamma_box")) == {"epsilon", "stabilizer", "gamma", "low", "high"}
     assert "bias" in preset_keywords()
+
+
+def test_rule_written_for_needs_input_layer_keeps_working():
+    # the flag was split into input_layer_only / needs_input_mask; a third-party rule that
+    # set the old name would have silently lost the refusal and the input mask
+    from types import SimpleNamespace
+
+    from captum_rap.rules import Rule
+
+    with pytest.warns(DeprecationWarning, match="needs_input_layer"):
+        class OldStyle(Rule):
+            needs_input_layer = True
+
+    assert OldStyle.input_layer_only and OldStyle.needs_input_mask
+    assert OldStyle().check_layer(SimpleNamespace(is_input_layer=False)) is not None
+    assert OldStyle().check_layer(SimpleNamespace(is_input_layer=True)) is None
+
+    class NewStyle(Rule):
+        needs_input_mask = True
+
+    assert not NewStyle.input_layer_only and NewStyle.needs_input_mask

@@ -1,6 +1,6 @@
 """The rules of the operation table against explicit slow references (float64).
 
-The references below are written from the rule definitions (``captum_rap/rules.py``,
+The references below are written from the rule definitions (``captum_rap/rules/``,
 ``captum_rap/_engine/optable.py`` and the papers they cite) as explicit loops over units,
 without the engine: the identity rule on element-wise non-linearities (AttnLRP eq. 9), the
 uniform and signal-take-all product rules, AttnLRP's softmax rule, CP-LRP's constant
@@ -444,8 +444,6 @@ def _engine_forward(model, *inputs):
 
 
 class _PassRule:
-    needs_input_layer = False
-
     def propagate(self, op, x, z, relevance, info):  # pragma: no cover - never reached
         return None, torch.zeros_like(x)
 
