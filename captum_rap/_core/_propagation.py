@@ -418,7 +418,13 @@ class PropagationAttribution(GradientAttribution):
         if isinstance(value, (tuple, list)):
             return type(value)(self._to_result(v) for v in value)
         if isinstance(value, Tensor) and value.is_floating_point() and value.dtype != self._result_dtype:
-            return value.to(self._result_dtype)
+            out = value.to(self._result_dtype)
+            if not bool(torch.isfinite(out).all()) and bool(torch.isfinite(value).all()):
+                warnings.warn(f"{self.method_name}: relevance of up to {float(value.abs().max()):.2e} (computed in "
+                              f"{value.dtype}) overflows the model's {self._result_dtype}: the result has Inf "
+                              f"entries.  A copy of the model in {value.dtype} (e.g. model.double()) returns "
+                              "the values.", RuntimeWarning, stacklevel=3)
+            return out
         return value
 
     def compute_convergence_delta(self, attributions, output: Tensor) -> Tensor:  # type: ignore[override]

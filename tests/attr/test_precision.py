@@ -248,3 +248,23 @@ def test_dtype_argument_is_checked():
             RAP(model, dtype=bad)
         with pytest.raises(ValueError, match="dtype"):
             LRP(model, "epsilon", dtype=bad)
+
+
+def test_relevance_overflowing_the_model_dtype_warns():
+    # float16 model: x = 1 -> h = 200x - 199 = 1 -> y = 400h = 400.  LRP-0 (tiny epsilon)
+    # gives the input 200 * 400 = 80000 (the bias -199 * 400 takes the rest), beyond
+    # float16's largest value 65504: computed in float32, the cast back used to give a
+    # silent Inf
+    model = nn.Sequential(nn.Linear(1, 1), nn.Linear(1, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.fill_(200.0)
+        model[0].bias.fill_(-199.0)
+        model[1].weight.fill_(400.0)
+    model = model.half().eval()
+    x = torch.ones(1, 1, dtype=torch.float16)
+    with pytest.warns(RuntimeWarning, match="overflows the model's torch.float16"):
+        r = LRP(model, "epsilon", epsilon=1e-9).attribute(x, target=0)
+    assert r.dtype == torch.float16 and bool(torch.isinf(r).all())
+    # the float32 copy returns the value: 80000 = 200 * 400
+    r32 = LRP(model.float(), "epsilon", epsilon=1e-9).attribute(x.float(), target=0)
+    assert abs(float(r32) - 80000.0) < 1e-2
