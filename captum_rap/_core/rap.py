@@ -48,6 +48,14 @@ class RAP(PropagationAttribution):
     conserve relevance and, with RAP's large signed relevances, can be far off (see the
     ``Σ map / logit`` column of ``benchmarks/RESULTS_quality_vit.md``).
 
+    RAP was designed for ReLU CNNs.  On a trained vision transformer its maps rank pixels no
+    better than noise: the uniform shift gives relevance to units whose activation is near
+    zero, and the signed z-rule at the residual sums divides by sums that nearly cancel, so
+    the relevance grows block by block (README, "Quality on a trained transformer").  Use
+    ``LRP(model, "attnlrp")`` on transformers.  Its cost: layers with signed inputs (every
+    layer after a GELU, SiLU or normalisation) run both input-sign branches, about 4.5x the
+    products of a forward+backward (2.5x on ReLU networks).
+
     Where the reference is undefined or broken this implementation does the principled
     thing: layers with signed inputs get *one* uniform shift over both input-sign branches
     (the reference shifts each branch to ``ΣR`` and returns ``2·ΣR``; identical for the
