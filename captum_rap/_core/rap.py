@@ -49,8 +49,8 @@ class RAP(PropagationAttribution):
     ``Σ map / logit`` column of ``benchmarks/RESULTS_quality_vit.md``).
 
     RAP was designed for ReLU CNNs.  On a trained vision transformer its maps rank pixels no
-    better than noise: the uniform shift gives relevance to units whose activation is near
-    zero, and the signed z-rule at the residual sums divides by sums that nearly cancel, so
+    better than noise: on signed inputs its hidden rule multiplies Σ|R| by 2-5 per attention or
+    MLP sublayer (the sum is kept), and the signed z-rule at the residual sums adds to it, so
     the relevance grows block by block (README, "Quality on a trained transformer").  Use
     ``LRP(model, "attnlrp")`` on transformers.  Its cost: layers with signed inputs (every
     layer after a GELU, SiLU or normalisation) run both input-sign branches, about 4.5x the
