@@ -164,6 +164,66 @@ def methods(model: nn.Module, ig_steps: int, seed: int, occlusion_patch: int = 0
     return out
 
 
+
+def finite_or_zero(name: str, attr: Tensor) -> Tuple[Tensor, bool]:
+    """``attr`` with non-finite entries set to 0 (said on stdout), and whether it was finite."""
+    finite = bool(torch.isfinite(attr).all())
+    if not finite:
+        print(f"  warning: {name} gave non-finite attributions; set to 0")
+        attr = torch.nan_to_num(attr, nan=0.0, posinf=0.0, neginf=0.0)
+    return attr, finite
+
+
+def score_maps(model: nn.Module, x: Tensor, target: Tensor, attr: Tensor, rp_kw: dict):
+    """Region perturbation (MoRF and LeRF AOPC, logit and probability) and the relevance
+    distribution of one method's maps.  Returns ``(row, curves, morf)``: the row's scores,
+    the mean MoRF / LeRF curves, and the MoRF result (its patch count and fractions)."""
+    t0 = time.perf_counter()
+    morf = region_perturbation(model, x, attr, target=target, order="morf", **rp_kw)
+    lerf = region_perturbation(model, x, attr, target=target, order="lerf", **rp_kw)
+    t_rp = time.perf_counter() - t0
+    dist = relevance_distribution(attr, sum_channels=True)
+    row = dict(morf=morf.aopc.mean().item(), morf_std=morf.aopc.std().item() if len(x) > 1 else 0.0,
+               lerf=lerf.aopc.mean().item(), pmorf=morf.probability_aopc.mean().item(),
+               plerf=lerf.probability_aopc.mean().item(), t_rp=t_rp,
+               pos_share=float(dist["positive_share"].nanmean()), gini=float(dist["gini"].mean()),
+               top_mass=float(dist["top_mass"].nanmean()))
+    curves = {"morf": morf.curves.mean(0).numpy(), "lerf": lerf.curves.mean(0).numpy()}
+    return row, curves, morf
+
+
+def write_results(table: str, out_md, out_png, curves: Dict[str, Dict[str, np.ndarray]], fraction: np.ndarray,
+                  figsize: Tuple[float, float], legend: dict) -> None:
+    """Print the markdown ``table``, write it to ``out_md`` and the mean MoRF / LeRF curves
+    of every method to ``out_png`` (either may be ``None``)."""
+    print(table)
+    if out_md:
+        with open(out_md, "w") as fh:
+            fh.write(table)
+        print("wrote", out_md)
+    if out_png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=figsize, sharey=True)
+        cmap = plt.get_cmap("tab20")
+        for i, (name, c) in enumerate(curves.items()):
+            style = dict(color="k", ls="--") if name.startswith("random") else dict(color=cmap(i % 20))
+            for ax, key in zip(axes, ("morf", "lerf")):
+                ax.plot(100 * fraction, c[key], label=name, lw=1.4, **style)
+        for ax, title in zip(axes, ("MoRF (most relevant first)", "LeRF (least relevant first)")):
+            ax.set_title(title)
+            ax.set_xlabel("% of the image replaced")
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("mean target logit")
+        axes[1].legend(fontsize=7, **legend)
+        fig.tight_layout()
+        fig.savefig(out_png, dpi=80)
+        print("wrote", out_png, os.path.getsize(out_png), "bytes")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: 2 images, 4 steps, no files "
@@ -227,33 +287,22 @@ def main(argv=None) -> int:
         attr = torch.cat([fn(x[i:i + args.attr_batch], target[i:i + args.attr_batch]).detach()
                           for i in range(0, len(x), args.attr_batch)])
         t_attr = time.perf_counter() - t0
-        if not torch.isfinite(attr).all():
-            print(f"  warning: {name} gave non-finite attributions; set to 0")
-            attr = torch.nan_to_num(attr, nan=0.0, posinf=0.0, neginf=0.0)
-        t0 = time.perf_counter()
-        morf = region_perturbation(model, x, attr, target=target, order="morf", **rp_kw)
-        lerf = region_perturbation(model, x, attr, target=target, order="lerf", **rp_kw)
-        t_rp = time.perf_counter() - t0
+        attr, _ = finite_or_zero(name, attr)
+        scores, curves[name], morf = score_maps(model, x, target, attr, rp_kw)
         fraction = morf.fraction_removed.numpy()
-        curves[name] = {"morf": morf.curves.mean(0).numpy(), "lerf": lerf.curves.mean(0).numpy()}
-        dist = relevance_distribution(attr, sum_channels=True)
         t0 = time.perf_counter()
         comp_attr = torch.cat([fn(comp_x[i:i + args.attr_batch], comp_t[i:i + args.attr_batch]).detach()
                                for i in range(0, len(comp_x), args.attr_batch)])
         comp_attr = torch.nan_to_num(comp_attr, nan=0.0, posinf=0.0, neginf=0.0)
         pg = pointing_game(comp_attr, comp_m)
         t_pg = time.perf_counter() - t0
-        row = dict(method=name, morf=morf.aopc.mean().item(), morf_std=morf.aopc.std().item() if len(x) > 1 else 0.0,
-                   lerf=lerf.aopc.mean().item(), pmorf=morf.probability_aopc.mean().item(),
-                   plerf=lerf.probability_aopc.mean().item(), t_attr=t_attr, t_rp=t_rp,
-                   pos_share=float(dist["positive_share"].nanmean()), gini=float(dist["gini"].mean()),
-                   top_mass=float(dist["top_mass"].nanmean()), pg_mass=float(pg["mass"].nanmean()),
+        row = dict(method=name, **scores, t_attr=t_attr, pg_mass=float(pg["mass"].nanmean()),
                    pg_hit=float(pg["hit"].mean()), t_pg=t_pg)
         rows.append(row)
         print(f"  {name:40s} MoRF {row['morf']:7.3f} ± {row['morf_std']:6.3f}  LeRF {row['lerf']:7.3f}  "
               f"diff {row['morf'] - row['lerf']:7.3f}  pos.share {row['pos_share']:.2f}  gini {row['gini']:.2f}  "
-              f"pointing {row['pg_mass']:.2f} / {row['pg_hit']:.2f}  (attr {t_attr:5.1f}s, perturb {t_rp:5.1f}s, "
-              f"pointing {t_pg:5.1f}s; peak RSS {_peak_rss_mib():.0f} MiB)", flush=True)
+              f"pointing {row['pg_mass']:.2f} / {row['pg_hit']:.2f}  (attr {t_attr:5.1f}s, "
+              f"perturb {row['t_rp']:5.1f}s, pointing {t_pg:5.1f}s; peak RSS {_peak_rss_mib():.0f} MiB)", flush=True)
 
     total = time.perf_counter() - t_start
     cpu_total = time.process_time() - cpu_start
@@ -321,33 +370,8 @@ def main(argv=None) -> int:
                      f"{r['t_attr']:.1f} |")
     lines.append("")
     lines.append("![mean MoRF / LeRF curves](quality_curves.png)" if out_png else "")
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if out_md:
-        with open(out_md, "w") as fh:
-            fh.write(table)
-        print("wrote", out_md)
-    if out_png:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-        cmap = plt.get_cmap("tab20")
-        for i, (name, c) in enumerate(curves.items()):
-            style = dict(color="k", ls="--") if name.startswith("random") else dict(color=cmap(i % 20))
-            for ax, key in zip(axes, ("morf", "lerf")):
-                ax.plot(100 * fraction, c[key], label=name, lw=1.4, **style)
-        for ax, title in zip(axes, ("MoRF (most relevant first)", "LeRF (least relevant first)")):
-            ax.set_title(title)
-            ax.set_xlabel("% of the image replaced")
-            ax.grid(alpha=0.3)
-        axes[0].set_ylabel("mean target logit")
-        axes[1].legend(fontsize=7, loc="lower left")
-        fig.tight_layout()
-        fig.savefig(out_png, dpi=80)
-        print("wrote", out_png, os.path.getsize(out_png), "bytes")
+    write_results("\n".join(lines) + "\n", out_md, out_png, curves, fraction, figsize=(11, 4.2),
+                  legend=dict(loc="lower left"))
     return 0 if random_worst else 1
 
 

@@ -34,7 +34,8 @@ from torch import Tensor, nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import captum_rap  # noqa: E402
 from bench_propagation import baselines, round_robin  # noqa: E402
-from captum_rap.metrics import pointing_game, region_perturbation, relevance_distribution  # noqa: E402
+from bench_quality import finite_or_zero, score_maps, write_results  # noqa: E402
+from captum_rap.metrics import pointing_game  # noqa: E402
 from captum_rap.zoo import (FMNIST_CLASSES, FMNIST_HIGH, FMNIST_LOW, fashion_mnist_test_subset,  # noqa: E402
                             fashion_mnist_vit, fmnist_preprocess)
 
@@ -246,17 +247,9 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         attr = _batched(fn, x, target, args.attr_batch)
         t_attr = time.perf_counter() - t0
-        finite = bool(torch.isfinite(attr).all())
-        if not finite:
-            print(f"  warning: {name} gave non-finite attributions; set to 0")
-            attr = torch.nan_to_num(attr, nan=0.0, posinf=0.0, neginf=0.0)
-        t0 = time.perf_counter()
-        morf = region_perturbation(model, x, attr, target=target, order="morf", **rp_kw)
-        lerf = region_perturbation(model, x, attr, target=target, order="lerf", **rp_kw)
-        t_rp = time.perf_counter() - t0
+        attr, finite = finite_or_zero(name, attr)
+        scores, curves[name], morf = score_maps(model, x, target, attr, rp_kw)
         fraction = morf.fraction_removed.numpy()
-        curves[name] = {"morf": morf.curves.mean(0).numpy(), "lerf": lerf.curves.mean(0).numpy()}
-        dist = relevance_distribution(attr, sum_channels=True)
         ratio = (attr.double().flatten(1).sum(1) / target_logit.double()).median().item() if conserving else None
         if n_comp:
             comp_attr = torch.nan_to_num(_batched(fn, comp_x, comp_t, args.attr_batch), nan=0.0, posinf=0.0,
@@ -265,17 +258,13 @@ def main(argv=None) -> int:
             pg_mass, pg_hit = float(pg["mass"].nanmean()), float(pg["hit"].mean())
         else:
             pg_mass = pg_hit = float("nan")
-        row = dict(method=name, morf=morf.aopc.mean().item(), morf_std=morf.aopc.std().item() if n > 1 else 0.0,
-                   lerf=lerf.aopc.mean().item(), pmorf=morf.probability_aopc.mean().item(),
-                   plerf=lerf.probability_aopc.mean().item(), t_attr=t_attr, t_rp=t_rp, finite=finite,
-                   ratio=ratio, max_abs=attr.abs().flatten(1).max(1).values.median().item(),
-                   pos_share=float(dist["positive_share"].nanmean()), gini=float(dist["gini"].mean()),
-                   top_mass=float(dist["top_mass"].nanmean()), pg_mass=pg_mass, pg_hit=pg_hit)
+        row = dict(method=name, **scores, t_attr=t_attr, finite=finite, ratio=ratio,
+                   max_abs=attr.abs().flatten(1).max(1).values.median().item(), pg_mass=pg_mass, pg_hit=pg_hit)
         rows.append(row)
         print(f"  {name:45s} MoRF {row['morf']:7.3f} ± {row['morf_std']:6.3f}  LeRF {row['lerf']:7.3f}  "
               f"diff {row['morf'] - row['lerf']:7.3f}  pos.share {row['pos_share']:.2f}  gini {row['gini']:.2f}  "
               f"pointing {pg_mass:.2f} / {pg_hit:.2f}  Σ/logit {'n/a' if ratio is None else f'{ratio:.3g}'}  "
-              f"(attr {t_attr:5.1f}s, perturb {t_rp:5.1f}s)", flush=True)
+              f"(attr {t_attr:5.1f}s, perturb {row['t_rp']:5.1f}s)", flush=True)
 
     # run time in units of a plain forward+backward of the same batch, round robin
     tb = min(args.attr_batch, n)
@@ -376,33 +365,8 @@ def main(argv=None) -> int:
     lines.append("")
     if out_png:
         lines.append(f"![mean MoRF / LeRF curves]({os.path.basename(out_png)})")
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if out_md:
-        with open(out_md, "w") as fh:
-            fh.write(table)
-        print("wrote", out_md)
-    if out_png:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 2, figsize=(14, 4.4), sharey=True)
-        cmap = plt.get_cmap("tab20")
-        for i, (name, c) in enumerate(curves.items()):
-            style = dict(color="k", ls="--") if name.startswith("random") else dict(color=cmap(i % 20))
-            for ax, key in zip(axes, ("morf", "lerf")):
-                ax.plot(100 * fraction, c[key], label=name, lw=1.4, **style)
-        for ax, title in zip(axes, ("MoRF (most relevant first)", "LeRF (least relevant first)")):
-            ax.set_title(title)
-            ax.set_xlabel("% of the image replaced")
-            ax.grid(alpha=0.3)
-        axes[0].set_ylabel("mean target logit")
-        axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-        fig.tight_layout()
-        fig.savefig(out_png, dpi=80)
-        print("wrote", out_png, os.path.getsize(out_png), "bytes")
+    write_results("\n".join(lines) + "\n", out_md, out_png, curves, fraction, figsize=(14, 4.4),
+                  legend=dict(loc="upper left", bbox_to_anchor=(1.02, 1.0)))
     return 0 if random_worst else 1
 
 
