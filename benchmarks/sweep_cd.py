@@ -57,13 +57,12 @@ def size_and_kwargs(name):
     return 64, {}
 
 
-def build(name, seed=0):
-    s, kw = size_and_kwargs(name)
-    torch.manual_seed(seed)
-    m = torchvision.models.get_model(name, **kw)
-    g = torch.Generator().manual_seed(seed + 1)
+def randomize_(model: nn.Module, g: torch.Generator) -> None:
+    """Batch-norm running statistics randomised and zero-initialised ``nn.Linear`` heads
+    (ViT, MaxViT) given small random weights, so that the logits are not all zero; in place,
+    drawing from ``g`` (also used by tests/cd/test_cd_torchvision.py)."""
     with torch.no_grad():
-        for mod in m.modules():
+        for mod in model.modules():
             if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.running_mean is not None:
                 n = mod.num_features
                 mod.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
@@ -72,12 +71,21 @@ def build(name, seed=0):
                 mod.weight.normal_(0, 0.05, generator=g)
                 if mod.bias is not None:
                     mod.bias.normal_(0, 0.05, generator=g)
+
+
+def build(name, seed=0):
+    s, kw = size_and_kwargs(name)
+    torch.manual_seed(seed)
+    m = torchvision.models.get_model(name, **kw)
+    g = torch.Generator().manual_seed(seed + 1)
+    randomize_(m, g)
     x = torch.randn(1, 3, s, s, generator=g)
     return m.eval(), x
 
 
-def masks_for(s, dtype):
-    g = torch.Generator().manual_seed(0)
+def masks_for(s, dtype, seed=0):
+    """Three masks of an ``s`` x ``s`` image: a random scatter (40 %), a box, the full image."""
+    g = torch.Generator().manual_seed(seed)
     m = torch.zeros(3, 1, s, s, dtype=dtype)
     m[0] = (torch.rand(1, s, s, generator=g) < 0.4).to(dtype)
     m[1, :, s // 4: s // 2, s // 8: s // 2] = 1

@@ -6,14 +6,21 @@ the precision check's tolerance in float32, and the model is left unchanged.
 
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 from captum_rap import ACD, CD
+
+from _integrity import assert_unchanged, snapshot
+
+# the sweep's model set-up (batch-norm statistics and zero heads randomised) and masks
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from sweep_cd import masks_for, randomize_  # noqa: E402
 
 tv = pytest.importorskip("torchvision")
 
@@ -73,41 +80,10 @@ def build(family, dtype=torch.float64, seed=0):
     else:
         m = tv.models.get_model(name, **kw)
     g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.running_mean is not None:
-                n = mod.num_features
-                mod.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                mod.running_var.copy_(0.5 + torch.rand(n, generator=g))
-            if isinstance(mod, nn.Linear) and float(mod.weight.abs().max()) == 0:
-                mod.weight.normal_(0, 0.05, generator=g)
-                if mod.bias is not None:
-                    mod.bias.normal_(0, 0.05, generator=g)
+    randomize_(m, g)
     m = m.to(dtype).eval()
     x = torch.randn(1, 3, s, s, dtype=dtype, generator=g)
     return m, x
-
-
-def masks_for(s, dtype=torch.float64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    m = torch.zeros(3, 1, s, s, dtype=dtype)
-    m[0] = (torch.rand(1, s, s, generator=g) < 0.4).to(dtype)
-    m[1, :, s // 4: s // 2, s // 8: s // 2] = 1
-    m[2] = 1
-    return m
-
-
-def snapshot(m):
-    return ({k: v.detach().clone() for k, v in m.state_dict().items()},
-            [(n, mod.training, dict(mod._forward_hooks), dict(mod._forward_pre_hooks),
-              getattr(mod, "inplace", None)) for n, mod in m.named_modules()],
-            [(n, p.requires_grad, p.dtype) for n, p in m.named_parameters()])
-
-
-def same(a, b):
-    sa, ma, pa = a
-    sb, mb, pb = b
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa) and ma == mb and pa == pb
 
 
 @pytest.mark.slow
@@ -118,19 +94,19 @@ def test_cd_and_acd_on_torchvision_family(family):
     before = snapshot(m)
     with torch.no_grad():
         y = m(x)
-    masks = masks_for(s)
+    masks = masks_for(s, torch.float64)
     rel, irr = CD(m).decompose(x, masks)
     scale = float(y.abs().max())
     assert scale > 0
     assert float((rel + irr - y).abs().max()) <= 1e-8 * scale, family
     assert float(rel[0].abs().max()) > 0 and float(irr[0].abs().max()) > 0
-    assert same(before, snapshot(m)), family
+    assert_unchanged(m, before)
     # ACD: a 3 x 3 grid of blocks, one growth step, then the merges
     h = ACD(m).hierarchy(x, sweep_dim=-(-s // 3), percentile_include=60, num_iters=1)
     assert h.kind == "image" and len(h.levels) >= 2 and h.cd_evaluations > 9
     top = h.levels[-1]
     assert len(top) == 1 and np.isfinite(next(iter(top.values())).score)
-    assert same(before, snapshot(m)), family
+    assert_unchanged(m, before)
 
 
 @pytest.mark.slow
