@@ -89,3 +89,32 @@ class ZooNet13d(nn.Module):
 def efficientnet_lite0_random():
     pkg = pytest.importorskip("efficientnet_lite_pytorch")
     return pkg.EfficientNet.from_name("efficientnet-lite0")
+
+
+# ----------------------------------------------------------------------------------------
+# the CD / ACD reference code's models (the fixtures in ../shared/fixtures were made with them)
+# ----------------------------------------------------------------------------------------
+
+
+def small_cnn():
+    """The ``acd`` package's MNIST CNN."""
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.AvgPool2d(1), nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Dropout(0.25),
+        nn.Linear(32, 10))
+
+
+class LSTMSentiment(nn.Module):
+    """The reference's text model shape: embed -> LSTM (sequence first) -> last step -> linear."""
+
+    def __init__(self, vocab, emb=16, hidden=32, classes=2, **lstm_kw):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, emb)
+        self.lstm = nn.LSTM(emb, hidden, **lstm_kw)
+        d = 2 if lstm_kw.get("bidirectional") else 1
+        self.hidden_to_label = nn.Linear(d * hidden, classes)
+
+    def forward(self, text):
+        out, _ = self.lstm(self.embed(text))
+        return self.hidden_to_label(out[-1])

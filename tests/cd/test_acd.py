@@ -2,7 +2,6 @@
 
 import json
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,36 +11,8 @@ import torch.nn as nn
 from captum_rap._core.acd import ACD, ACDHierarchy
 
 from _acd_reference import acd_reference
-
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"  # tests/cd/ -> ../shared
-
-
-def _fixture(name):
-    p = FIXTURES / name
-    if not p.exists():
-        pytest.skip("reference fixture %s not found (expected in %s); the fixture-agreement "
-                    "tests only run in the project workspace" % (name, FIXTURES))
-    return p
-
-
-def small_cnn():
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        nn.AvgPool2d(1), nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Dropout(0.25),
-        nn.Linear(32, 10))
-
-
-class LSTMSentiment(nn.Module):
-    def __init__(self, vocab, emb=16, hidden=32, classes=2):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, emb)
-        self.lstm = nn.LSTM(emb, hidden)
-        self.hidden_to_label = nn.Linear(hidden, classes)
-
-    def forward(self, text):
-        out, _ = self.lstm(self.embed(text))
-        return self.hidden_to_label(out[-1])
+from _fixtures import fixture_path
+from _models import LSTMSentiment, small_cnn
 
 
 def _state(m):
@@ -55,7 +26,7 @@ def _unchanged(a, b):
 
 @pytest.fixture(scope="module")
 def image_acd():
-    d = pickle.load(open(_fixture("cd_small_cnn_digits.pkl"), "rb"))
+    d = pickle.load(open(fixture_path("cd_small_cnn_digits.pkl"), "rb"))
     m = small_cnn()
     m.load_state_dict(d["state_dict"])
     m.double().eval()
@@ -78,7 +49,7 @@ def image_acd():
 
 @pytest.fixture(scope="module")
 def text_acd():
-    d = pickle.load(open(_fixture("cd_lstm_synthetic.pkl"), "rb"))
+    d = pickle.load(open(fixture_path("cd_lstm_synthetic.pkl"), "rb"))
     m = LSTMSentiment(len(d["vocab"]))
     m.load_state_dict(d["state_dict"])
     m.double().eval()

@@ -3,7 +3,6 @@
 import copy
 import pickle
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,16 +14,8 @@ from captum_rap._cd import tensor as cdt
 from captum_rap._core.cd import CD, UnsupportedOperationError, spans_to_masks
 
 from _acd_reference import acd_reference
-
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"  # tests/cd/ -> ../shared
-
-
-def _fixture(name):
-    p = FIXTURES / name
-    if not p.exists():
-        pytest.skip("reference fixture %s not found (expected in %s); the fixture-agreement "
-                    "tests only run in the project workspace" % (name, FIXTURES))
-    return p
+from _fixtures import FIXTURES, fixture_path
+from _models import LSTMSentiment, small_cnn
 
 
 def _rel_err(a, b):
@@ -36,32 +27,9 @@ def _rel_err(a, b):
 # ------------------------------------------------------------------------------------
 # models
 # ------------------------------------------------------------------------------------
-def small_cnn():
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        nn.AvgPool2d(1), nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Dropout(0.25),
-        nn.Linear(32, 10))
-
-
-class LSTMSentiment(nn.Module):
-    """The reference's text model shape: embed -> LSTM (sequence first) -> last step -> linear."""
-
-    def __init__(self, vocab, emb=16, hidden=32, classes=2, **lstm_kw):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, emb)
-        self.lstm = nn.LSTM(emb, hidden, **lstm_kw)
-        d = 2 if lstm_kw.get("bidirectional") else 1
-        self.hidden_to_label = nn.Linear(d * hidden, classes)
-
-    def forward(self, text):
-        out, _ = self.lstm(self.embed(text))
-        return self.hidden_to_label(out[-1])
-
-
 @pytest.fixture(scope="module")
 def digits():
-    d = pickle.load(open(_fixture("cd_small_cnn_digits.pkl"), "rb"))
+    d = pickle.load(open(fixture_path("cd_small_cnn_digits.pkl"), "rb"))
     m = small_cnn()
     m.load_state_dict(d["state_dict"])
     m.double().eval()
@@ -70,7 +38,7 @@ def digits():
 
 @pytest.fixture(scope="module")
 def lstm_fixture():
-    d = pickle.load(open(_fixture("cd_lstm_synthetic.pkl"), "rb"))
+    d = pickle.load(open(fixture_path("cd_lstm_synthetic.pkl"), "rb"))
     m = LSTMSentiment(len(d["vocab"]))
     m.load_state_dict(d["state_dict"])
     m.double().eval()
@@ -91,7 +59,7 @@ def portable_vgg16(seed=0, dtype=np.float32):
 @pytest.fixture(scope="module")
 def vgg_results():
     """All VGG16 (224 px, float64) decompositions in one place: 2 masks x 2 modes."""
-    v = torch.load(_fixture("cd_vgg16_seed0_chelsea.pt"), weights_only=False)
+    v = torch.load(fixture_path("cd_vgg16_seed0_chelsea.pt"), weights_only=False)
     # NOTE: the CD fixture was computed with the float64 draws of the recipe *not* rounded
     # to float32 (its rel + irrel equals these logits to 7e-15, and differs by 7e-8 from
     # the float32-stored weights that the RAP fixtures use).
